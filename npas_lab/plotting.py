@@ -1,0 +1,176 @@
+"""Plotly figures in one house style, drawn from results-store tables.
+
+Every figure uses the same template, fonts and a fixed colour per engine, scheme and method
+(``COLORS``) so a reader can follow "TVM" or "block_punched" from notebook to notebook.
+:func:`save_figure` writes interactive HTML always and a PNG when kaleido finds a Chromium
+(Debian's ``chromium`` package); the PNG step is skipped with a one-line note otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from npas_lab import paths
+
+__all__ = ["COLORS", "engine_latency_figure", "save_figure", "style", "training_curve_figure"]
+
+#: Fixed colour per engine, scheme and pruning method, shared by every figure.
+COLORS: dict[str, str] = {
+    # inference engines
+    "tvm": "#1f77b4",
+    "tvm-rpc": "#6baed6",
+    "pytorch": "#ee4c2c",
+    "onnxruntime": "#7f7f7f",
+    "mnn": "#2ca02c",
+    # sparsity schemes
+    "dense": "#4d4d4d",
+    "unstructured": "#9467bd",
+    "filter": "#8c564b",
+    "channel": "#bcbd22",
+    "column": "#17becf",
+    "pattern": "#e377c2",
+    "block": "#ff7f0e",
+    "block_punched": "#d62728",
+    # pruning algorithms
+    "oneshot": "#aec7e8",
+    "gradual": "#ffbb78",
+    "admm": "#98df8a",
+    "group_lasso": "#c5b0d5",
+}
+
+_FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
+
+
+def color(name: str) -> str:
+    """Return the house colour for an engine, scheme or method (grey for unknown names)."""
+    return COLORS.get(name, "#999999")
+
+
+def style(
+    fig: go.Figure, *, title: str | None = None, x: str | None = None, y: str | None = None
+) -> go.Figure:
+    """Apply the house style (template, font, grid, labels) to ``fig`` and return it."""
+    fig.update_layout(
+        template="plotly_white",
+        font=_FONT,
+        title=title,
+        margin=dict(l=60, r=20, t=60 if title else 20, b=50),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    if x:
+        fig.update_xaxes(title_text=x)
+    if y:
+        fig.update_yaxes(title_text=y)
+    fig.update_xaxes(showgrid=True, gridcolor="#eeeeee")
+    fig.update_yaxes(showgrid=True, gridcolor="#eeeeee")
+    return fig
+
+
+def engine_latency_figure(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Bar chart of median latency per engine, with the spread as error bars.
+
+    Parameters
+    ----------
+    df
+        Rows of measurements with columns ``engine``, ``latency_ms`` and ``spread_ms`` and
+        optionally ``model`` (one bar group per model).
+    """
+    missing = {"engine", "latency_ms"} - set(df.columns)
+    if missing:
+        raise ValueError(f"engine_latency_figure needs columns {sorted(missing)} in df")
+    fig = go.Figure()
+    models = df["model"] if "model" in df else pd.Series(["model"] * len(df), index=df.index)
+    for engine, rows in df.groupby("engine", sort=False):
+        spread = rows["spread_ms"] if "spread_ms" in rows else None
+        fig.add_bar(
+            name=str(engine),
+            x=models.loc[rows.index],
+            y=rows["latency_ms"],
+            error_y=dict(type="data", array=spread, visible=spread is not None),
+            marker_color=color(str(engine)),
+            hovertemplate="%{x}<br>%{y:.3f} ms<extra>" + str(engine) + "</extra>",
+        )
+    fig.update_layout(barmode="group")
+    return style(
+        fig, title=title or "Latency per engine (median, spread as error bar)", y="latency (ms)"
+    )
+
+
+def training_curve_figure(
+    history: list[dict[str, float]] | pd.DataFrame, *, title: str | None = None
+) -> go.Figure:
+    """Line chart of train/validation accuracy per epoch from a ``fit`` history."""
+    df = pd.DataFrame(history)
+    fig = go.Figure()
+    for column, dash in (("train_accuracy", "dot"), ("val_accuracy", "solid")):
+        if column in df:
+            fig.add_scatter(
+                x=df["epoch"],
+                y=df[column],
+                name=column.replace("_", " "),
+                mode="lines+markers",
+                line=dict(dash=dash, color=color("dense")),
+            )
+    return style(fig, title=title or "Training curve", x="epoch", y="accuracy")
+
+
+def _png_available() -> bool:
+    return any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome"))
+
+
+def save_figure(
+    fig: go.Figure, name: str, *, folder: Path | None = None, png: bool = True
+) -> dict[str, Path]:
+    """Save ``fig`` as HTML (always) and PNG (when a Chromium is installed for kaleido).
+
+    Parameters
+    ----------
+    fig
+        The figure.
+    name
+        File stem, e.g. ``"quickstart_latency"``.
+    folder
+        Where to write; by default ``$NPAS_LAB_FIGURES_DIR`` (set by the main job to its report
+        folder) or ``results/figures``.
+    png
+        Also try a static PNG.
+
+    Returns
+    -------
+    dict
+        ``{"html": path, "png": path}`` for what was written.
+    """
+    if folder is None:
+        env = os.environ.get("NPAS_LAB_FIGURES_DIR")
+        folder = Path(env) if env else paths.results_dir() / "figures"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {"html": folder / f"{name}.html"}
+    # "directory": one plotly.min.js beside the pages, so they open offline.
+    fig.write_html(written["html"], include_plotlyjs="directory")
+    if png:
+        if not _png_available():
+            warnings.warn(
+                f"{name}.png not written: kaleido needs Chromium (apt-get install "
+                "chromium); the HTML version was saved",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        else:
+            try:
+                fig.write_image(folder / f"{name}.png", width=900, height=520, scale=2)
+                written["png"] = folder / f"{name}.png"
+            except Exception as err:  # kaleido raises several types when the browser fails
+                warnings.warn(
+                    f"{name}.png not written ({type(err).__name__}: {err}); the HTML "
+                    "version was saved",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    return written
