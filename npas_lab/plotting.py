@@ -18,7 +18,14 @@ import plotly.graph_objects as go
 
 from npas_lab import paths
 
-__all__ = ["COLORS", "engine_latency_figure", "save_figure", "style", "training_curve_figure"]
+__all__ = [
+    "COLORS",
+    "engine_latency_figure",
+    "mask_gallery_figure",
+    "save_figure",
+    "style",
+    "training_curve_figure",
+]
 
 #: Fixed colour per engine, scheme and pruning method, shared by every figure.
 COLORS: dict[str, str] = {
@@ -174,3 +181,77 @@ def save_figure(
                     stacklevel=2,
                 )
     return written
+
+
+def mask_gallery_figure(
+    weight: object,
+    masks: dict[str, object],
+    *,
+    title: str | None = None,
+    filters: int = 16,
+    channels: int = 8,
+    cols: int = 2,
+) -> go.Figure:
+    """Draw one layer's keep-mask under several schemes side by side, in GEMM form.
+
+    Each subplot is a mask cropped to the first ``filters`` rows (filters) and the first
+    ``channels * kh * kw`` columns (kernel positions, channel-major), so blocks, punches,
+    patterns and pruned filters are visible as in figures 1 and 3 of the NPAS paper. Kept
+    weights are drawn in the scheme's colour (:data:`COLORS`), shaded by magnitude; pruned ones
+    are white.
+
+    Parameters
+    ----------
+    weight
+        The layer weight (a tensor or array: ``F x C x kh x kw`` or ``F x C``).
+    masks
+        ``{scheme: boolean mask of weight's shape}``, one subplot each, in this order.
+    title
+        Figure title.
+    filters, channels
+        How much of the layer to show.
+    cols
+        Subplots per row.
+    """
+    import numpy as np
+    from plotly.subplots import make_subplots
+
+    def as_array(x: object) -> np.ndarray:
+        x = x.detach().cpu().numpy() if hasattr(x, "detach") else x
+        return np.asarray(x, dtype=float)
+
+    w = as_array(weight)
+    kernel = int(np.prod(w.shape[2:])) if w.ndim == 4 else 1
+    rows_shown, cols_shown = min(filters, w.shape[0]), min(channels, w.shape[1]) * kernel
+    magnitude = np.abs(w.reshape(w.shape[0], -1))[:rows_shown, :cols_shown]
+    # Kept weights span 0.35..1 of the colour so that even the smallest kept one is visible.
+    shade = 0.35 + 0.65 * magnitude / max(float(magnitude.max()), 1e-12)
+    names = list(masks)
+    n_rows = -(-len(names) // cols)
+    fig = make_subplots(
+        rows=n_rows,
+        cols=cols,
+        subplot_titles=names,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.3 / max(n_rows, 1),
+    )
+    for i, name in enumerate(names):
+        keep = as_array(masks[name]).reshape(w.shape[0], -1)[:rows_shown, :cols_shown] > 0
+        fig.add_heatmap(
+            z=np.where(keep, shade, 0.0),
+            zmin=0.0,
+            zmax=1.0,
+            colorscale=[[0.0, "#ffffff"], [1.0, color(name)]],
+            showscale=False,
+            xgap=1,
+            ygap=1,
+            name=name,
+            hovertemplate="filter %{y}<br>column %{x}<extra>" + name + "</extra>",
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
+    style(fig, title=title or "Keep-masks in GEMM form (filters x kernel positions)")
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    fig.update_xaxes(showgrid=False)
+    fig.update_layout(height=max(260, 190 * n_rows), showlegend=False)
+    return fig
