@@ -147,3 +147,18 @@ def test_foreign_parametrizations_are_refused():
 def test_weight_mask_multiplies_by_the_mask():
     mask = torch.tensor([True, False])
     assert WeightMask(mask)(torch.tensor([3.0, 4.0])).tolist() == [3.0, 0.0]
+
+
+def test_make_permanent_on_a_deep_copy_leaves_the_original_working():
+    import copy
+
+    from npas_lab.sparsity import apply_plan, make_permanent, uniform_plan
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    apply_plan(model, uniform_plan(model, "unstructured", 2.0))
+    clone = copy.deepcopy(model)
+    make_permanent(clone)
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(model(x), clone(x))  # the original still has its masked weight
+    make_permanent(model)
+    assert torch.equal(model(x), clone(x))

@@ -189,8 +189,15 @@ def achieved_rates(model: nn.Module) -> dict[str, float]:
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
-    """Remove the masks, leaving plain weights with the pruned entries at 0; return ``model``."""
+    """Remove the masks, leaving plain weights with the pruned entries at 0; return ``model``.
+
+    Safe on deep copies: ``copy.deepcopy`` of a masked model shares the class torch injected
+    for the parametrization, and removing it deletes the ``weight`` property from that class,
+    which would break every other copy. Each module is given a private copy of its class first.
+    """
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)) and _mask_of(module) is not None:
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
