@@ -56,7 +56,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
-    from npas_lab.devices import compare_engines
+    from npas_lab.devices import COMPARE_COLUMNS, compare_engines
     from npas_lab.training import train
 
     trained = train(_train_config(args))
@@ -67,7 +67,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         engines=args.engines,
         device=args.device,
     )
-    print(table.to_string(index=False))
+    print(table[list(COMPARE_COLUMNS)].to_string(index=False))
     return 0
 
 
