@@ -1,0 +1,154 @@
+"""Graph-level lowering: replace the pruned convs of an imported Relax module by compact kernels.
+
+After :func:`npas_lab.compiler.prepare.prepare_model` a pruned conv is a plain ``conv2d`` whose
+constant weight has zeros where the plan pruned. This pass finds each such call by its weight
+(the exact bytes of the layer's weight identify the layer), takes the bias add and ReLU that
+follow it into the same kernel (NPAS's layer fusion), and replaces the three bindings with one
+``call_tir`` to a kernel built for that layer's scheme from its compact storage. The kernel
+comes from a *provider*, so the template library and its tuning stay in
+:mod:`npas_lab.compiler.kernels` and this module only knows the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+__all__ = ["ConvSite", "KernelProvider", "LoweredKernel", "lower_convs", "weight_digest"]
+
+
+@dataclass(frozen=True)
+class ConvSite:
+    """One conv call of the graph, as a kernel provider sees it."""
+
+    layer: str
+    scheme: str
+    rate: float
+    block: tuple[int, int] | None
+    input_shape: tuple[int, ...]
+    weight: np.ndarray = field(repr=False)
+    bias: np.ndarray | None = field(repr=False)
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+    epilogue: str  # "none" | "bias" | "bias_relu"
+
+
+@dataclass(frozen=True)
+class LoweredKernel:
+    """What a provider returns: a PrimFunc ``(data, *constants, out)`` and its constants.
+
+    The bias, when the site has one, is the last constant.
+    """
+
+    primfunc: tvm.tirx.PrimFunc
+    constants: tuple[np.ndarray, ...]
+    out_shape: tuple[int, ...]
+    description: str = ""
+
+
+#: ``provider(site) -> LoweredKernel`` or ``None`` to leave the conv as it is.
+KernelProvider = Callable[[ConvSite], "LoweredKernel | None"]
+
+
+def weight_digest(weight: np.ndarray) -> str:
+    """Return a digest of a weight's exact bytes, shape and dtype (how sites are matched)."""
+    array = np.ascontiguousarray(weight)
+    head = f"{array.dtype.str}{array.shape}".encode()
+    return hashlib.sha1(head + array.tobytes()).hexdigest()
+
+
+def _ints(values: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+def lower_convs(
+    mod: tvm.IRModule,
+    layers: Mapping[str, tuple[str, Any]],
+    provider: KernelProvider,
+) -> tuple[tvm.IRModule, pd.DataFrame]:
+    """Replace the conv calls of ``layers`` in ``mod["main"]`` by the provider's kernels.
+
+    Parameters
+    ----------
+    mod
+        The imported module (weights bound as constants).
+    layers
+        ``{weight_digest: (layer_name, LayerChoice)}`` of the layers to lower.
+    provider
+        Builds the kernel of one :class:`ConvSite`.
+
+    Returns
+    -------
+    (IRModule, DataFrame)
+        The rewritten module and one row per lowered call (layer, scheme, epilogue, kernel).
+    """
+    data, weight, bias = wildcard(), is_const(), is_const()
+    conv = is_op("relax.nn.conv2d")(data, weight)
+    add = is_op("relax.add")(conv, is_op("relax.reshape")(bias, wildcard()))
+    relu = is_op("relax.nn.relu")(add)
+    rows: list[dict[str, Any]] = []
+    # The builder types each added PrimFunc's GlobalVar, which call_tir requires.
+    builder = relax.BlockBuilder(mod)
+
+    def rewriter_for(epilogue: str) -> Callable[[relax.Expr, dict], relax.Expr]:
+        def rewrite(orig: relax.Expr, found: dict) -> relax.Expr:
+            conv_call = found[conv]
+            w = found[weight].value.numpy()
+            hit = layers.get(weight_digest(w))
+            if hit is None:
+                return orig
+            name, choice = hit
+            attrs = conv_call.attrs
+            if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW":
+                return orig
+            b = found[bias].value.numpy().reshape(-1) if epilogue != "none" else None
+            site = ConvSite(
+                layer=name,
+                scheme=choice.scheme,
+                rate=choice.rate,
+                block=choice.block,
+                input_shape=_ints(found[data].ty.shape),
+                weight=w,
+                bias=b,
+                stride=_ints(attrs.strides),
+                padding=_ints(attrs.padding),
+                dilation=_ints(attrs.dilation),
+                groups=int(attrs.groups),
+                epilogue=epilogue,
+            )
+            kernel = provider(site)
+            if kernel is None:
+                return orig
+            symbol = f"npas_{name.replace('.', '_')}_{choice.scheme}"
+            gvar = builder.add_func(kernel.primfunc.with_attr("global_symbol", symbol), symbol)
+            args = [found[data], *(relax.const(c) for c in kernel.constants)]
+            rows.append(
+                {
+                    "layer": name,
+                    "scheme": choice.scheme,
+                    "epilogue": epilogue,
+                    "kernel": gvar.name_hint,
+                    "description": kernel.description,
+                }
+            )
+            return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, "float32"))
+
+        return rewrite
+
+    main = mod["main"]
+    # Longest pattern first, so a conv is fused with its bias and ReLU whenever they follow it.
+    for pattern, epilogue in ((relu, "bias_relu"), (add, "bias"), (conv, "none")):
+        main = rewrite_call(pattern, rewriter_for(epilogue), main)
+    builder.update_func(builder.get().get_global_var("main"), main)
+    columns = ["layer", "scheme", "epilogue", "kernel", "description"]
+    return builder.get(), pd.DataFrame(rows, columns=columns)
