@@ -13,7 +13,7 @@ from npas_lab.compiler.export import export_to_relax
 from npas_lab.compiler.lower import LoweredKernel, lower_convs, weight_digest
 from npas_lab.compiler.prepare import prepare_model
 from npas_lab.devices import get_device
-from npas_lab.sparsity import uniform_plan
+from npas_lab.sparsity import LayerChoice, uniform_plan
 
 
 def reference_provider(site):
@@ -82,7 +82,8 @@ def test_layers_not_in_the_plan_and_declined_sites_stay_convs(net):
     mod = export_to_relax(prepared.model, torch.randn(1, 3, 8, 8)).mod
     lowered, report = lower_convs(mod, {}, reference_provider)
     assert report.empty and lowered["main"].script().count("R.nn.conv2d") == 3
-    layers = {weight_digest(prepared.model.get_submodule("0").weight.detach().numpy()): ("0", None)}
+    weight = prepared.model.get_submodule("0").weight.detach().numpy()
+    layers = {weight_digest(weight): ("0", LayerChoice(scheme="unstructured", rate=2.0))}
     lowered, report = lower_convs(mod, layers, lambda site: None)
     assert report.empty
 
