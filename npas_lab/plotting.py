@@ -22,6 +22,7 @@ __all__ = [
     "COLORS",
     "engine_latency_figure",
     "mask_gallery_figure",
+    "operator_deltas_figure",
     "save_figure",
     "style",
     "training_curve_figure",
@@ -254,4 +255,81 @@ def mask_gallery_figure(
     fig.update_yaxes(autorange="reversed", showgrid=False)
     fig.update_xaxes(showgrid=False)
     fig.update_layout(height=max(260, 190 * n_rows), showlegend=False)
+    return fig
+
+
+def operator_deltas_figure(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Bar charts of what operator replacement changes: accuracy (left) and TVM latency (right).
+
+    One bar group per replaced variant (each rule, all rules), as the change against the original:
+    accuracy in percentage points right after replacement (solid) and after the short fine-tune
+    (hatched; the original is fine-tuned too), latency in ms with the variant's interquartile
+    range as error bar. Hover shows the absolute figures.
+
+    Parameters
+    ----------
+    df
+        Rows of :func:`npas_lab.operators.measure_replacement` (or of the ``operators`` table of
+        the results store for one ``run_id``): columns ``variant``, ``accuracy``,
+        ``accuracy_delta``, ``accuracy_finetuned``, ``accuracy_finetuned_delta``,
+        ``latency_ms``, ``latency_delta_ms``, ``spread_ms`` and ``speedup``, the original first
+        or marked by ``variant_kind == "original"``.
+    title
+        Figure title; default names the model and the original's figures.
+    """
+    from plotly.subplots import make_subplots
+
+    needed = {"variant", "accuracy", "accuracy_delta", "accuracy_finetuned"}
+    needed |= {"accuracy_finetuned_delta", "latency_ms", "latency_delta_ms", "spread_ms", "speedup"}
+    missing = needed - set(df.columns)
+    if missing:
+        raise ValueError(f"operator_deltas_figure needs columns {sorted(missing)} in df")
+    if "variant_kind" in df:
+        is_original = df["variant_kind"] == "original"
+    else:
+        is_original = pd.Series(df.index == df.index[0], index=df.index)
+    original, rows = df[is_original], df[~is_original]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("accuracy change (percentage points)", "TVM latency change (ms)"),
+        horizontal_spacing=0.12,
+    )
+    for column, absolute, name, pattern in (
+        ("accuracy_delta", "accuracy", "accuracy, no fine-tune", ""),
+        ("accuracy_finetuned_delta", "accuracy_finetuned", "accuracy after fine-tune", "/"),
+    ):
+        fig.add_bar(
+            x=rows["variant"],
+            y=rows[column] * 100,
+            customdata=rows[absolute] * 100,
+            name=name,
+            marker=dict(color=color("dense"), pattern_shape=pattern),
+            hovertemplate="%{x}: %{y:+.2f} pp (%{customdata:.2f}%)<extra>" + name + "</extra>",
+            row=1,
+            col=1,
+        )
+    fig.add_bar(
+        x=rows["variant"],
+        y=rows["latency_delta_ms"],
+        error_y=dict(type="data", array=rows["spread_ms"], visible=True),
+        customdata=rows[["latency_ms", "speedup"]].to_numpy(),
+        name="TVM latency",
+        marker_color=color("tvm"),
+        hovertemplate="%{x}: %{y:+.3f} ms (%{customdata[0]:.3f} ms, %{customdata[1]:.2f}x)"
+        "<extra>TVM latency</extra>",
+        row=1,
+        col=2,
+    )
+    fig.add_hline(y=0, line_color="#999999", line_width=1)
+    if title is None:
+        model = str(df["model"].iloc[0]) if "model" in df else "model"
+        title = f"Operator replacement on {model}: change against the original"
+        if len(original):
+            first = original.iloc[0]
+            title += f" ({first['accuracy']:.1%}, {first['latency_ms']:.2f} ms)"
+    fig.update_layout(barmode="group")
+    style(fig, title=title)
+    fig.update_yaxes(title_text="percentage points", row=1, col=1)
+    fig.update_yaxes(title_text="ms", row=1, col=2)
     return fig
