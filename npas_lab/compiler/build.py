@@ -1,8 +1,17 @@
 """Build a PyTorch model with TVM for a device: :func:`compile_model` -> :class:`CompiledModel`.
 
-The build is ``tvm.compile`` with its default Relax and TIR pipelines (no tuning): this is the
-"untuned TVM" point of every comparison. Untuned CPU code leaves convolutions unscheduled and is
-slow (see TVM_NOTES.md); tuning comes with MetaSchedule in a later module.
+Three builds, chosen by keyword options:
+
+``fuse=False``
+    ``tvm.compile``'s default Relax and TIR pipelines: one kernel per operator, no schedules.
+``fuse=True`` (the default)
+    The fusing pipeline of :mod:`npas_lab.compiler.pipeline`: batch norm folded into convs,
+    conv + bias + activation (+ residual add) fused into one kernel. Still unscheduled: untuned
+    CPU convolutions are slow (see TVM_NOTES.md), never a baseline.
+``tune=TuneConfig(...)``
+    Fused, then the kernels are tuned with MetaSchedule into the target's persistent database
+    (:mod:`npas_lab.compiler.tuning`; already tuned kernels are not tuned again) and built with
+    the best records.
 
 A :class:`CompiledModel` is callable like the PyTorch model (in process, when the target runs on
 this machine) and can export its library for a TVM RPC server (``export_library``).
@@ -14,7 +23,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +35,7 @@ from tvm import relax
 from npas_lab.compiler.export import export_to_relax
 
 if TYPE_CHECKING:  # devices/ imports compiler/, not the other way round (see compile_model)
+    from npas_lab.compiler.tuning import TuneConfig, TuneSummary
     from npas_lab.devices.profiles import DeviceProfile
 
 __all__ = ["CompiledModel", "compile_model", "set_runtime_threads"]
@@ -78,7 +88,14 @@ class CompiledModel:
     mod : tvm.IRModule
         The imported Relax module (before the build pipeline).
     timings : dict
-        Seconds spent in ``export``, ``import`` and ``build``.
+        Seconds spent in ``export``, ``import`` and ``build`` (and ``tune`` when tuning).
+    lowered : tvm.IRModule or None
+        The module after the Relax pipeline, before VM code generation: its TIR functions are
+        the kernels (see :func:`npas_lab.compiler.fusion_report`).
+    options : dict
+        How it was built: ``fuse``, ``tune`` (a :class:`TuneConfig` dict or None), pipelines.
+    tuning : TuneSummary or None
+        What the tuning session did (``trials == 0`` when everything was in the database).
 
     Examples
     --------
@@ -98,6 +115,9 @@ class CompiledModel:
         input_shape: tuple[int, ...],
         input_dtype: torch.dtype,
         timings: Mapping[str, float],
+        lowered: tvm.IRModule | None = None,
+        options: Mapping[str, Any] | None = None,
+        tuning: TuneSummary | None = None,
     ) -> None:
         self.name = name
         self.profile = profile
@@ -108,6 +128,9 @@ class CompiledModel:
         self.input_shape = tuple(input_shape)
         self.input_dtype = input_dtype
         self.timings = dict(timings)
+        self.lowered = lowered
+        self.options = dict(options or {})
+        self.tuning = tuning
         self._vm: relax.VirtualMachine | None = None
 
     def __repr__(self) -> str:
@@ -177,6 +200,16 @@ class CompiledModel:
         return path
 
 
+def _default_relax(
+    mod: tvm.IRModule, target: tvm.target.Target, relax_pipeline: str | tvm.transform.Pass
+) -> tvm.IRModule:
+    """Run a named or given Relax pipeline as ``tvm.compile`` does for CPU targets."""
+    if isinstance(relax_pipeline, str):
+        relax_pipeline = relax.get_pipeline(relax_pipeline)  # vm_build.py: generic pipeline
+    with target:
+        return relax_pipeline(mod)
+
+
 def compile_model(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -185,6 +218,9 @@ def compile_model(
     name: str | None = None,
     relax_pipeline: str | tvm.transform.Pass = "default",
     tir_pipeline: str | tvm.transform.Pass = "default",
+    fuse: bool | None = None,
+    tune: TuneConfig | None = None,
+    progress: bool | Callable[[str], None] = True,
 ) -> CompiledModel:
     """Export ``model`` with ``torch.export``, import it into Relax and build it with TVM.
 
@@ -200,7 +236,17 @@ def compile_model(
     name : str, optional
         Model name for messages and records; default the class name.
     relax_pipeline, tir_pipeline : str or tvm.transform.Pass
-        Passed to ``tvm.compile``; ``"default"`` is TVM's default (untuned) build.
+        Passed to ``tvm.compile``; ``"default"`` is TVM's default (untuned) build. A Relax
+        pipeline other than ``"default"`` is used as given (no fusion).
+    fuse : bool, optional
+        Build with the fusing pipeline (:mod:`npas_lab.compiler.pipeline`). Default: True when
+        ``relax_pipeline`` is ``"default"``, else False.
+    tune : TuneConfig, optional
+        Tune the fused kernels with MetaSchedule (kernels already in the target's database to
+        this budget are not tuned again) and build with the best records. Needs ``fuse``, and a
+        target that runs on this machine.
+    progress : bool or callable
+        Tuning progress: a tqdm bar (True), one line per batch to a callable, or logs only.
 
     Returns
     -------
@@ -211,22 +257,56 @@ def compile_model(
     npas_lab.compiler.ExportError
         If the model cannot be exported or imported (the message names the model and ops).
     ValueError
-        For an unknown device name.
+        For an unknown device name, or ``fuse``/``tune`` with a custom Relax pipeline.
     """
     # Deferred: devices/ imports compiler/ (DESIGN.md), so a module-level import would cycle.
     from npas_lab.devices.profiles import get_device
 
+    custom = not (isinstance(relax_pipeline, str) and relax_pipeline == "default")
+    auto_fuse = fuse is None
+    if fuse is None:
+        fuse = not custom
+    if fuse and custom:
+        raise ValueError(
+            f"fuse=True builds with npas_lab's fusing pipeline; relax_pipeline={relax_pipeline!r} "
+            "would be ignored: pass one or the other"
+        )
+    if tune is not None and not fuse:
+        raise ValueError("tune= tunes the fused kernels: it needs fuse=True")
     profile = get_device(device)
     name = name or type(model).__name__
     exported = export_to_relax(model, example_input, name=name)
     target = tvm.target.Target(
         dict(profile.target), host=dict(profile.host) if profile.host else None
     )
+    timings = {"export": exported.export_s, "import": exported.import_s}
+    summary = None
     start = time.perf_counter()
-    executable = tvm.compile(
-        exported.mod, target, relax_pipeline=relax_pipeline, tir_pipeline=tir_pipeline
-    )
-    build_s = time.perf_counter() - start
+    if fuse:
+        from npas_lab.compiler import pipeline
+
+        # Run the Relax pipeline here rather than inside tvm.compile so that the fused module
+        # (the tuning tasks) and the lowered one (for the fusion report) stay visible.
+        try:
+            fused = pipeline.fuse_module(exported.mod, target)
+        except pipeline.UnsupportedForFusionError:
+            if not auto_fuse or tune is not None:
+                raise
+            fuse, fused = False, None  # the default pipeline handles side-effecting calls
+    if fuse:
+        database = None
+        if tune is not None:
+            from npas_lab.compiler import tuning
+
+            tune_start = time.perf_counter()
+            database, summary = tuning.tune_module(fused, target, tune, progress=progress)
+            timings["tune"] = time.perf_counter() - tune_start
+        scheduled = pipeline.schedule_module(fused, target, database=database)
+        lowered = pipeline.lowering_pipeline(target)(scheduled)
+    else:
+        lowered = _default_relax(exported.mod, target, relax_pipeline)
+    executable = tvm.compile(lowered, target, relax_pipeline=None, tir_pipeline=tir_pipeline)
+    timings["build"] = time.perf_counter() - start - timings.get("tune", 0.0)
     return CompiledModel(
         name=name,
         profile=profile,
@@ -235,5 +315,13 @@ def compile_model(
         mod=exported.mod,
         input_shape=tuple(example_input.shape),
         input_dtype=example_input.dtype,
-        timings={"export": exported.export_s, "import": exported.import_s, "build": build_s},
+        timings=timings,
+        lowered=lowered,
+        options={
+            "fuse": fuse,
+            "tune": tune.to_dict() if tune is not None else None,
+            "relax_pipeline": relax_pipeline if isinstance(relax_pipeline, str) else "custom",
+            "tir_pipeline": tir_pipeline if isinstance(tir_pipeline, str) else "custom",
+        },
+        tuning=summary,
     )
