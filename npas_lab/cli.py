@@ -6,6 +6,8 @@ Sub-commands
 ``train``      train (or load from cache) a registry model on a dataset
 ``measure``    compile a trained model with TVM and time it against PyTorch and ONNX Runtime
 ``models`` / ``datasets`` / ``devices``  list what the registries hold
+``device``     ``tracker`` / ``serve --key K`` / ``list``: TVM RPC tracker and servers (phones)
+``search``     NPAS phase 2: search per-layer schemes and rates, scored by accuracy and latency
 
 Errors the user can fix (a bad name, a missing file) print one line and exit with status 2,
 never a traceback.
@@ -23,7 +25,9 @@ __all__ = ["main"]
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from npas_lab.reproduce import reproduce
 
-    folder = reproduce(args.profile, notebooks=args.notebooks or None, run_id=args.run_id)
+    folder = reproduce(
+        args.profile, notebooks=args.notebooks or None, run_id=args.run_id, force=args.force
+    )
     print(f"report: {folder / 'report.md'}")
     return 0
 
@@ -89,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="run the notebooks headless and write a report")
     p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
     p.add_argument("--notebooks", nargs="*", help="e.g. 00_quickstart (default: all)")
-    p.add_argument("--run-id", default=None, help="report folder name (default: time-based)")
+    p.add_argument("--run-id", default=None, help="report folder name (default: date-profile)")
+    p.add_argument("--force", action="store_true", help="rerun notebooks that already ran ok")
     p.set_defaults(func=_cmd_reproduce)
 
     for name, func, help_ in (
@@ -106,12 +111,18 @@ def _parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--no-cache", action="store_true", help="train even if cached")
         else:
-            p.add_argument("--engines", nargs="+", default=["tvm", "pytorch", "onnxruntime"])
+            p.add_argument("--engines", nargs="+", default=["tvm", "pytorch", "onnxruntime", "mnn"])
             p.add_argument("--device", default="host-cpu")
         p.set_defaults(func=func)
 
     for name in ("models", "datasets", "devices"):
         sub.add_parser(name, help=f"list the registered {name}").set_defaults(func=_cmd_list)
+
+    from npas_lab.devices.cli import add_device_parser
+    from npas_lab.search.cli import add_search_parser
+
+    add_device_parser(sub)
+    add_search_parser(sub)
     return parser
 
 

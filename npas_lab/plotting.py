@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -20,10 +21,15 @@ from npas_lab import paths
 
 __all__ = [
     "COLORS",
+    "add_curve_point",
+    "algorithm_curves_figure",
+    "block_size_figure",
+    "curve_updater",
     "engine_latency_figure",
     "mask_gallery_figure",
     "operator_deltas_figure",
     "save_figure",
+    "scheme_speedup_figure",
     "style",
     "training_curve_figure",
 ]
@@ -333,3 +339,374 @@ def operator_deltas_figure(df: pd.DataFrame, *, title: str | None = None) -> go.
     fig.update_yaxes(title_text="percentage points", row=1, col=1)
     fig.update_yaxes(title_text="ms", row=1, col=2)
     return fig
+
+
+def algorithm_curves_figure(
+    histories: dict[str, list[dict]] | None = None,
+    *,
+    dense_accuracy: float | None = None,
+    title: str | None = None,
+    widget: bool = False,
+) -> go.Figure:
+    """Validation accuracy per epoch, one line per pruning algorithm (and its final run).
+
+    Parameters
+    ----------
+    histories
+        ``{label: [history rows with epoch and val_accuracy]}``; labels are algorithm names,
+        optionally suffixed (``"admm (final)"``): the colour follows the algorithm.
+    dense_accuracy
+        Drawn as a dashed reference line.
+    widget
+        Return a ``plotly.graph_objects.FigureWidget`` (live updates in a notebook: append to
+        a trace with :func:`add_curve_point`).
+    """
+    fig = go.FigureWidget() if widget else go.Figure()
+    for label, rows in (histories or {}).items():
+        df = pd.DataFrame(rows)
+        _curve(fig, label, list(df.get("epoch", [])), list(df.get("val_accuracy", [])))
+    if dense_accuracy is not None:
+        fig.add_hline(
+            y=dense_accuracy,
+            line=dict(dash="dash", color=color("dense")),
+            annotation_text=f"dense {dense_accuracy:.3f}",
+        )
+    return style(
+        fig, title=title or "Pruning algorithms: validation accuracy", x="epoch", y="accuracy"
+    )
+
+
+def _curve(fig: go.Figure, label: str, x: list, y: list) -> None:
+    algorithm = label.split(" ")[0]
+    final = "final" in label
+    fig.add_scatter(
+        x=x,
+        y=y,
+        name=label,
+        mode="lines+markers",
+        line=dict(color=color(algorithm), width=3 if final else 2, dash=None if final else "dot"),
+    )
+
+
+def add_curve_point(fig: go.Figure, label: str, epoch: float, accuracy: float) -> None:
+    """Append one point to the curve ``label`` of an :func:`algorithm_curves_figure`."""
+    for trace in fig.data:
+        if trace.name == label:
+            trace.x = (*(trace.x or ()), epoch)
+            trace.y = (*(trace.y or ()), accuracy)
+            return
+    _curve(fig, label, [epoch], [accuracy])
+
+
+def curve_updater(fig: go.Figure) -> Callable[[dict], None]:
+    """Return an ``on_epoch`` callback that adds each pruning epoch to ``fig``'s curves.
+
+    For :func:`npas_lab.pruning.select_algorithm` / :func:`~npas_lab.pruning.prune` rows:
+    the curve is the row's ``algorithm``, suffixed ``(final)`` for the final run.
+    """
+
+    def on_epoch(row: dict) -> None:
+        label = row["algorithm"] + (" (final)" if row.get("stage") == "final" else "")
+        add_curve_point(fig, label, row["epoch"], row["val_accuracy"])
+
+    return on_epoch
+
+
+def block_size_figure(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """NPAS Fig. 4: accuracy against measured latency, one point per block size.
+
+    Parameters
+    ----------
+    df
+        One row per block size: ``block`` (label), ``accuracy``, ``latency_ms`` and optionally
+        ``spread_ms``; a row with ``block == "dense"`` is drawn as the reference.
+    """
+    missing = {"block", "accuracy", "latency_ms"} - set(df.columns)
+    if missing:
+        raise ValueError(f"block_size_figure needs columns {sorted(missing)} in df")
+    fig = go.Figure()
+    pruned = df[df["block"] != "dense"]
+    fig.add_scatter(
+        x=pruned["latency_ms"],
+        y=pruned["accuracy"],
+        mode="lines+markers+text",
+        text=pruned["block"],
+        textposition="top center",
+        name="block_punched",
+        marker=dict(size=10, color=color("block_punched")),
+        line=dict(color=color("block_punched"), dash="dot"),
+        error_x=dict(type="data", array=pruned.get("spread_ms"), visible="spread_ms" in df),
+        hovertemplate="block %{text}<br>%{x:.3f} ms<br>accuracy %{y:.4f}<extra></extra>",
+    )
+    dense = df[df["block"] == "dense"]
+    if len(dense):
+        fig.add_scatter(
+            x=dense["latency_ms"],
+            y=dense["accuracy"],
+            mode="markers+text",
+            text=["dense"] * len(dense),
+            textposition="bottom center",
+            name="dense",
+            marker=dict(size=12, symbol="diamond", color=color("dense")),
+        )
+    return style(
+        fig,
+        title=title or "Block size: accuracy vs latency (NPAS Fig. 4)",
+        x="latency (ms, compiled with TVM)",
+        y="test accuracy",
+    )
+
+
+def scheme_speedup_figure(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """NPAS Fig. 2b: speedup over the dense kernel against pruning rate, one line per scheme.
+
+    Parameters
+    ----------
+    df
+        Rows with ``label`` (scheme, e.g. ``"bp 8x4"``), ``scheme``, ``rate`` and ``speedup``;
+        optionally ``shape`` (one subplot column per shape).
+    """
+    missing = {"label", "scheme", "rate", "speedup"} - set(df.columns)
+    if missing:
+        raise ValueError(f"scheme_speedup_figure needs columns {sorted(missing)} in df")
+    from plotly.subplots import make_subplots
+
+    shapes = list(dict.fromkeys(df["shape"])) if "shape" in df else [""]
+    fig = make_subplots(rows=1, cols=len(shapes), subplot_titles=shapes, shared_yaxes=True)
+    dashes = ("solid", "dash", "dot", "dashdot")
+    for col, shape in enumerate(shapes, start=1):
+        part = df[df["shape"] == shape] if "shape" in df else df
+        for n, (label, rows) in enumerate(part.groupby("label", sort=False)):
+            rows = rows.sort_values("rate")
+            scheme = str(rows["scheme"].iloc[0])
+            fig.add_scatter(
+                x=rows["rate"],
+                y=rows["speedup"],
+                name=str(label),
+                legendgroup=str(label),
+                showlegend=col == 1,
+                mode="lines+markers",
+                line=dict(color=color(scheme), dash=dashes[n % len(dashes)]),
+                row=1,
+                col=col,
+            )
+        fig.add_scatter(
+            x=sorted(part["rate"].unique()),
+            y=sorted(part["rate"].unique()),
+            name="ideal (= rate)",
+            legendgroup="ideal",
+            showlegend=col == 1,
+            mode="lines",
+            line=dict(color="#cccccc", dash="dash"),
+            row=1,
+            col=col,
+        )
+    fig.update_xaxes(title_text="pruning rate (x)")
+    fig.update_yaxes(title_text="speedup over dense", col=1)
+    return style(fig, title=title or "Speedup vs pruning rate per scheme (NPAS Fig. 2b)")
+
+
+# ------------------------------------------------------------------------ phase 2: search
+#: Fixed colour per search algorithm (appended to the house palette).
+COLORS.update(
+    {"npas": "#d62728", "random": "#7f7f7f", "rl": "#1f77b4", "bo": "#2ca02c", "zoo": "#4d4d4d"}
+)
+
+
+def search_efficiency_figure(df: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Best reward vs number of evaluations per algorithm: mean over seeds, min-max band.
+
+    Parameters
+    ----------
+    df
+        Long table with columns ``algorithm``, ``seed``, ``evaluations``, ``best_reward``.
+    """
+    missing = {"algorithm", "seed", "evaluations", "best_reward"} - set(df.columns)
+    if missing:
+        raise ValueError(f"search_efficiency_figure needs columns {sorted(missing)} in df")
+    fig = go.Figure()
+    for algorithm, rows in df.groupby("algorithm", sort=False):
+        stats = rows.groupby("evaluations")["best_reward"].agg(["mean", "min", "max"])
+        hue = color(str(algorithm))
+        fig.add_scatter(
+            x=[*stats.index, *stats.index[::-1]],
+            y=[*stats["max"], *stats["min"][::-1]],
+            fill="toself",
+            fillcolor=hue,
+            opacity=0.15,
+            line=dict(width=0),
+            hoverinfo="skip",
+            showlegend=False,
+        )
+        fig.add_scatter(
+            x=stats.index,
+            y=stats["mean"],
+            name=str(algorithm),
+            mode="lines",
+            line=dict(color=hue, width=2.5),
+        )
+    return style(
+        fig,
+        title=title or "Best reward vs evaluations (mean over seeds, band: min-max)",
+        x="evaluations",
+        y="best reward so far",
+    )
+
+
+def search_pareto_figure(
+    target_ms: float | None = None, *, title: str | None = None, widget: bool = False
+) -> go.Figure:
+    """Return an empty accuracy-vs-latency figure for a search, ready for live updates.
+
+    Traces, in order (update them with :func:`update_search_pareto`): ``candidates`` (every
+    evaluation, coloured by reward), ``pareto`` (the front), ``best`` (best reward),
+    ``zoo`` (dense reference models), and a vertical line at the latency target.
+
+    Parameters
+    ----------
+    target_ms
+        The latency constraint T, drawn as a dashed vertical line.
+    widget
+        Return a ``plotly.graph_objects.FigureWidget`` (redrawn live in a notebook).
+    """
+    fig = go.FigureWidget() if widget else go.Figure()
+    fig.add_scatter(
+        name="candidates",
+        x=[],
+        y=[],
+        mode="markers",
+        marker=dict(
+            size=9,
+            color=[],
+            colorscale="Viridis",
+            showscale=True,
+            colorbar=dict(title="reward"),
+            line=dict(width=0.5, color="white"),
+        ),
+        text=[],
+        hovertemplate="%{text}<br>%{x:.4f} ms, acc %{y:.3f}<extra></extra>",
+    )
+    fig.add_scatter(
+        name="Pareto front",
+        x=[],
+        y=[],
+        mode="lines",
+        line=dict(color=color("npas"), shape="hv", width=2),
+    )
+    fig.add_scatter(
+        name="best reward",
+        x=[],
+        y=[],
+        mode="markers",
+        marker=dict(symbol="star", size=16, color=color("npas")),
+    )
+    fig.add_scatter(
+        name="dense zoo",
+        x=[],
+        y=[],
+        mode="markers+text",
+        text=[],
+        textposition="top center",
+        marker=dict(symbol="diamond", size=11, color=color("zoo")),
+    )
+    if target_ms is not None:
+        fig.add_vline(
+            x=target_ms,
+            line_dash="dash",
+            line_color="#444444",
+            annotation_text=f"T = {target_ms:.3g} ms",
+        )
+    return style(
+        fig,
+        title=title or "Search: accuracy vs measured latency",
+        x="latency (ms, measured)",
+        y="validation accuracy",
+    )
+
+
+def update_search_pareto(
+    fig: go.Figure, history: pd.DataFrame, zoo: pd.DataFrame | None = None
+) -> go.Figure:
+    """Redraw the traces of :func:`search_pareto_figure` from a search history.
+
+    Parameters
+    ----------
+    fig
+        From :func:`search_pareto_figure`.
+    history
+        Rows with ``latency_ms``, ``accuracy``, ``reward``, ``step`` (e.g.
+        :func:`npas_lab.search.load_history`); failed rows (no latency) are skipped.
+    zoo
+        Rows with ``model``, ``latency_ms``, ``accuracy`` (dense reference models).
+    """
+    # Deferred: search/ imports plotting's house style through its users, not the reverse.
+    from npas_lab.search.history import pareto_front
+
+    ok = history.dropna(subset=["latency_ms", "accuracy"]) if len(history) else history
+    front = pareto_front(ok) if len(ok) else ok
+    best = ok.loc[[ok["reward"].idxmax()]] if len(ok) else ok
+    batch = fig.batch_update() if isinstance(fig, go.FigureWidget) else _nullcontext()
+    with batch:
+        candidates, pareto, star, dense = fig.data[:4]
+        candidates.x, candidates.y = list(ok.get("latency_ms", [])), list(ok.get("accuracy", []))
+        candidates.marker.color = list(ok.get("reward", []))
+        candidates.text = [
+            f"step {s}, reward {r:.4f}"
+            for s, r in zip(ok.get("step", []), ok.get("reward", []), strict=False)
+        ]
+        pareto.x, pareto.y = list(front.get("latency_ms", [])), list(front.get("accuracy", []))
+        star.x, star.y = list(best.get("latency_ms", [])), list(best.get("accuracy", []))
+        if zoo is not None and len(zoo):
+            dense.x, dense.y = list(zoo["latency_ms"]), list(zoo["accuracy"])
+            dense.text = list(zoo["model"])
+    return fig
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def plan_layers_figure(plan_table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Bar chart of a plan per layer: the pruning rate, coloured by scheme, filter type as text.
+
+    Parameters
+    ----------
+    plan_table
+        Rows with ``layer``, ``scheme``, ``rate`` and ``filter_type`` (e.g.
+        :func:`npas_lab.search.plan_table`).
+    """
+    fig = go.Figure()
+    for scheme, rows in plan_table.groupby("scheme", sort=False):
+        fig.add_bar(
+            name=str(scheme),
+            x=rows["layer"],
+            y=rows["rate"],
+            marker_color=color(str(scheme)),
+            text=[
+                f"{f}" + (f" {b[0]}x{b[1]}" if isinstance(b, tuple | list) else "")
+                for f, b in zip(
+                    rows["filter_type"], rows.get("block", [None] * len(rows)), strict=True
+                )
+            ],
+            textposition="outside",
+            hovertemplate="%{x}: %{y:g}x<extra>" + str(scheme) + "</extra>",
+        )
+    fig.update_xaxes(categoryorder="array", categoryarray=list(plan_table["layer"]))
+    return style(
+        fig,
+        title=title or "Best plan per layer (rate; filter type and block above)",
+        x="layer",
+        y="pruning rate (x)",
+    )
+
+
+__all__ += [
+    "plan_layers_figure",
+    "search_efficiency_figure",
+    "search_pareto_figure",
+    "update_search_pareto",
+]

@@ -142,6 +142,34 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _drop_torn_tail(fd: int, path: Path) -> None:
+    """Cut an incomplete last line (a writer killed mid-record) before appending after it.
+
+    Appending to it would glue the new record onto the torn one and make a damaged line in the
+    middle of the file; the torn record was never complete, so nothing recorded is lost.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end, chunk = size, 1 << 16
+    while end > 0:
+        start = max(0, end - chunk)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        end = start
+    else:
+        keep = 0
+    os.ftruncate(fd, keep)
+    warnings.warn(
+        f"{path}: dropped an incomplete last line ({size - keep} bytes, a writer killed "
+        "mid-record) before appending; every complete record is kept.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def append(table: str, record: Mapping[str, Any], *, env: bool = True) -> dict[str, Any]:
     """Append one record to ``table`` and return it as written.
 
@@ -171,9 +199,10 @@ def append(table: str, record: Mapping[str, Any], *, env: bool = True) -> dict[s
         raise TypeError(f"record for table {table!r} is not JSON-serialisable: {err}") from err
     path = table_path(table)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _drop_torn_tail(fd, path)
         data = line.encode()
         written = os.write(fd, data)
         while written < len(data):  # a short write on a local file is rare, but not impossible

@@ -44,12 +44,17 @@ def block() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def fused(block):
+    return compile_model(block, torch.randn(SHAPE), name="block", kernels="tvm")
+
+
+@pytest.fixture(scope="module")
+def templated(block):
     return compile_model(block, torch.randn(SHAPE), name="block")
 
 
 @pytest.fixture(scope="module")
 def unfused(block):
-    return compile_model(block, torch.randn(SHAPE), name="block", fuse=False)
+    return compile_model(block, torch.randn(SHAPE), name="block", fuse=False, kernels="tvm")
 
 
 def test_fused_block_matches_pytorch(block, fused):
@@ -73,6 +78,20 @@ def test_report_has_the_two_expected_fusion_groups(fused):
     assert report["calls"].tolist() == [1, 1]
     assert report["num_ops"].tolist() == [4, 3]  # sorted by size
     assert not report["scheduled"].any()  # untuned
+
+
+def test_template_build_fuses_bias_and_relu_into_scheduled_conv_kernels(block, templated):
+    x = torch.randn(SHAPE)
+    with torch.no_grad():
+        expected = block(x)
+    torch.testing.assert_close(templated(x), expected, atol=1e-5, rtol=0)
+    report = fusion_report(templated).set_index("kernel")
+    # conv1 + BN (folded) + ReLU -> one template kernel; conv2 + BN -> one, then TVM fuses the
+    # residual add with the ReLU.
+    assert report.loc["npas_conv1_dense", "ops"] == ("conv2d", "add", "relu")
+    assert report.loc["npas_conv2_dense", "ops"] == ("conv2d", "add")
+    assert report.loc[["npas_conv1_dense", "npas_conv2_dense"], "scheduled"].all()
+    assert [ops for ops in report["ops"] if "conv2d" not in ops] == [("add", "relu")]
 
 
 def test_unfused_build_has_one_operator_per_kernel(unfused):

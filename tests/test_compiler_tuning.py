@@ -64,7 +64,7 @@ def test_second_compile_does_not_retune(model):
     x = torch.randn(SHAPE)
     lines = []
     first = compile_model(
-        model, torch.randn(SHAPE), name="convadd", tune=QUICK, progress=lines.append
+        model, torch.randn(SHAPE), name="convadd", kernels="tvm", tune=QUICK, progress=lines.append
     )
     folder = first.tuning.directory
     records = folder / "database_tuning_record.json"
@@ -76,7 +76,9 @@ def test_second_compile_does_not_retune(model):
     ledger = json.loads((folder / "ledger.json").read_text())
     assert [entry["budget"] for entry in ledger.values()] == [8]
 
-    second = compile_model(model, torch.randn(SHAPE), name="convadd", tune=QUICK, progress=False)
+    second = compile_model(
+        model, torch.randn(SHAPE), name="convadd", kernels="tvm", tune=QUICK, progress=False
+    )
     assert second.tuning.trials == 0 and second.tuning.tuned == ()
     assert second.tuning.records_before == second.tuning.records_after == 8
     assert _lines(records) == 8  # no new measurement
@@ -90,18 +92,20 @@ def test_second_compile_does_not_retune(model):
 
 
 def test_larger_budget_tunes_again(model):
-    compile_model(model, torch.randn(SHAPE), tune=QUICK, progress=False)
+    compile_model(model, torch.randn(SHAPE), kernels="tvm", tune=QUICK, progress=False)
     more = TuneConfig(
         max_trials_global=12, max_trials_per_task=12, num_trials_per_iter=4, strategy="replay-trace"
     )
-    again = compile_model(model, torch.randn(SHAPE), tune=more, progress=False)
+    again = compile_model(model, torch.randn(SHAPE), kernels="tvm", tune=more, progress=False)
     assert again.tuning.trials > 0
     assert again.tuning.records_after > again.tuning.records_before == 8
 
 
 def test_op_names_filter_selects_no_task(model):
     only_dense = TuneConfig(max_trials_global=4, op_names=("matmul",), strategy="replay-trace")
-    compiled = compile_model(model, torch.randn(SHAPE), tune=only_dense, progress=False)
+    compiled = compile_model(
+        model, torch.randn(SHAPE), kernels="tvm", tune=only_dense, progress=False
+    )
     assert compiled.tuning.tasks == () and compiled.tuning.trials == 0
     assert not fusion_report(compiled)["scheduled"].any()
 
@@ -115,8 +119,20 @@ def test_evolutionary_search_smoke(model):
         strategy="evolutionary",
         population_size=16,
     )
-    compiled = compile_model(model, torch.randn(SHAPE), tune=config, progress=False)
+    compiled = compile_model(model, torch.randn(SHAPE), kernels="tvm", tune=config, progress=False)
     assert compiled.tuning.trials == 4
     x = torch.randn(SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_template_kernels_are_not_tuning_tasks(model):
+    # The conv runs a scheduled template (bias fused); only the residual add + ReLU is tuned.
+    compiled = compile_model(model, torch.randn(SHAPE), tune=QUICK, progress=False)
+    assert compiled.tuning.tasks == ("fused_add_relu",)
+    report = fusion_report(compiled).set_index("kernel")
+    assert report.loc["npas_conv_dense", "scheduled"]
+    x = torch.randn(SHAPE)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=0)

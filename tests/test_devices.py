@@ -49,7 +49,7 @@ def small() -> tuple[nn.Module, CompiledModel]:
 # ------------------------------------------------------------------------------- profiles
 def test_registry_has_host_devices_and_unknown_name_lists_them():
     assert {"host-cpu", "host-cpu-rpc"} <= set(list_devices())
-    with pytest.raises(ValueError, match=r"Unknown device 'phone'; valid names: host-cpu"):
+    with pytest.raises(ValueError, match=r"Unknown device 'phone'; valid names: .*host-cpu"):
         get_device("phone")
 
 
@@ -113,7 +113,7 @@ def test_measure_config_rejects_nonsense():
 
 # -------------------------------------------------------------------------------- engines
 def test_engine_registry_and_unknown_engine():
-    assert list_engines() == ["onnxruntime", "pytorch", "tvm"]
+    assert list_engines() == ["mnn", "onnxruntime", "pytorch", "tvm"]
     with pytest.raises(ValueError, match=r"Unknown engine 'tensorrt'; valid names: onnxruntime"):
         get_engine("tensorrt")
 

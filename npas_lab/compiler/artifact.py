@@ -98,7 +98,8 @@ def save_artifact(
     ----------
     compiled : CompiledModel
     plan : PruningPlan or dict, optional
-        The pruning plan the model was built from (stored as JSON, part of the key).
+        The pruning plan the model was built from (stored as JSON, part of the key); default
+        the plan ``compiled`` was built with.
     key : str, optional
         Folder name; default :func:`artifact_key`.
     extra : mapping, optional
@@ -114,6 +115,8 @@ def save_artifact(
     """
     from npas_lab import results
 
+    if plan is None:
+        plan = getattr(compiled, "plan", None)
     key = key or artifact_key(compiled, plan=plan)
     if not _KEY.match(key):
         raise ValueError(f"artifact key {key!r}: use letters, digits, '_', '-', '.'")

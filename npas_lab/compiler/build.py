@@ -13,12 +13,22 @@ Three builds, chosen by keyword options:
     (:mod:`npas_lab.compiler.tuning`; already tuned kernels are not tuned again) and built with
     the best records.
 
+Independently, ``kernels="templates"`` (the default on CPU targets) first bakes the pruning
+``plan`` into the model (:func:`~npas_lab.compiler.prepare.prepare_model`: masks applied, BN
+folded, filter/channel-pruned convs shrunk) and replaces every conv (+ bias + ReLU) by the
+project's kernel for its scheme (:mod:`npas_lab.compiler.kernels`, via
+:func:`~npas_lab.compiler.lower.lower_convs`): dense, depthwise, block-punched, block, pattern
+and unstructured convs then run compact, scheduled code, tuned per layer with ``kernel_tune``
+configurations. The rest of the graph (pooling, adds, linear layers) goes through the fusing
+pipeline (and MetaSchedule when ``tune`` is given). ``kernels="tvm"`` leaves convs to TVM.
+
 A :class:`CompiledModel` is callable like the PyTorch model (in process, when the target runs on
 this machine) and can export its library for a TVM RPC server (``export_library``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -35,8 +45,13 @@ from tvm import relax
 from npas_lab.compiler.export import export_to_relax
 
 if TYPE_CHECKING:  # devices/ imports compiler/, not the other way round (see compile_model)
+    import pandas as pd
+
     from npas_lab.compiler.tuning import TuneConfig, TuneSummary
     from npas_lab.devices.profiles import DeviceProfile
+    from npas_lab.sparsity import PruningPlan
+
+KERNEL_MODES = ("auto", "templates", "tvm")
 
 __all__ = ["CompiledModel", "compile_model", "set_runtime_threads"]
 
@@ -96,6 +111,12 @@ class CompiledModel:
         How it was built: ``fuse``, ``tune`` (a :class:`TuneConfig` dict or None), pipelines.
     tuning : TuneSummary or None
         What the tuning session did (``trials == 0`` when everything was in the database).
+    plan : PruningPlan or None
+        The pruning plan baked into the build (None: the model as given).
+    kernels : pandas.DataFrame or None
+        One row per conv layer: ``layer, scheme, rate, block, lowering, kernel`` -- which kernel
+        runs it (a template with its configuration and measured time, or ``tvm`` with the
+        reason no template was used). None for ``kernels="tvm"`` builds.
 
     Examples
     --------
@@ -118,6 +139,8 @@ class CompiledModel:
         lowered: tvm.IRModule | None = None,
         options: Mapping[str, Any] | None = None,
         tuning: TuneSummary | None = None,
+        plan: PruningPlan | None = None,
+        kernels: pd.DataFrame | None = None,
     ) -> None:
         self.name = name
         self.profile = profile
@@ -131,6 +154,8 @@ class CompiledModel:
         self.lowered = lowered
         self.options = dict(options or {})
         self.tuning = tuning
+        self.plan = plan
+        self.kernels = kernels
         self._vm: relax.VirtualMachine | None = None
 
     def __repr__(self) -> str:
@@ -185,18 +210,18 @@ class CompiledModel:
     def export_library(self, path: str | Path) -> Path:
         """Write the compiled library (weights included) to ``path`` (``.so``) and return it.
 
-        The library is linked with the profile's ``cross_compiler`` if it has one, else with the
-        host compiler; load it with ``remote.load_module`` on an RPC session or
-        ``tvm.runtime.load_module`` in process.
+        The library is linked by the device's toolchain
+        (:func:`npas_lab.devices.cross.library_compiler`: the NDK when ``TVM_NDK_CC`` is set,
+        the profile's cross compiler, else the host compiler); load it with
+        ``remote.load_module`` on an RPC session or ``tvm.runtime.load_module`` in process.
         """
+        # Deferred: devices/ imports compiler/. The device's toolchain (NDK, Debian cross gcc,
+        # host) is chosen there; a missing one raises ToolchainError saying what to install.
+        from npas_lab.devices.cross import library_compiler
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fcompile = None
-        if self.profile.cross_compiler:
-            from tvm.support import cc
-
-            fcompile = cc.cross_compiler(self.profile.cross_compiler)
-        self.executable.export_library(str(path), fcompile=fcompile)
+        self.executable.export_library(str(path), fcompile=library_compiler(self.profile))
         return path
 
 
@@ -210,11 +235,99 @@ def _default_relax(
         return relax_pipeline(mod)
 
 
+def _conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Return the plain convs of ``model`` by the name of the layer they implement.
+
+    The small conv inside a :class:`~npas_lab.compiler.prepare.ShrunkConv2d` stands for the
+    shrunk layer itself (its plan entry).
+    """
+    from npas_lab.compiler.prepare import ShrunkConv2d
+
+    found: dict[str, nn.Conv2d] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ShrunkConv2d):
+            found[name] = module.small
+        elif isinstance(module, nn.Conv2d) and not name.endswith(".small"):
+            found.setdefault(name, module)
+    return found
+
+
+def _lower_with_templates(
+    mod: tvm.IRModule,
+    prepared_model: nn.Module,
+    plan: PruningPlan,
+    target: tvm.target.Target,
+    kernel_tune: int,
+    progress: bool | Callable[[str], None],
+) -> tuple[tvm.IRModule, pd.DataFrame]:
+    """Replace every conv of ``mod`` by its template kernel; return the module and the table."""
+    import pandas as pd
+
+    from npas_lab.compiler.kernels import KernelError
+    from npas_lab.compiler.lower import lower_convs, template_provider, weight_digest
+    from npas_lab.sparsity import LayerChoice
+
+    dense = LayerChoice(scheme="dense", rate=1.0)
+    convs = _conv_layers(prepared_model)
+    layers = {}
+    for name, conv in convs.items():
+        weight = conv.weight.detach().cpu().numpy()
+        layers[weight_digest(weight)] = (name, plan.get(name, dense))
+    provider = template_provider(
+        target=json.loads(str(target)), tune_budget=kernel_tune, progress=progress is True
+    )
+    declined: dict[str, str] = {}
+
+    def provide(site):
+        # A scheme's template may not cover a layer (e.g. pattern on a 5x5 conv, a grouped conv):
+        # the weight is still exact under the unstructured and dense templates, which are tried
+        # next; only a shape no template covers is left to TVM's own conv. Reported, not hidden.
+        reasons = []
+        for scheme in dict.fromkeys((site.scheme, "unstructured", "dense")):
+            if scheme == "unstructured" and site.scheme == "dense":
+                continue
+            try:
+                kernel = provider(dataclasses.replace(site, scheme=scheme))
+            except KernelError as err:
+                reasons.append(f"{scheme}: {err}")
+                continue
+            if kernel is None:
+                declined[site.layer] = "tvm conv (asymmetric padding)"
+                return None
+            if reasons:
+                kernel = dataclasses.replace(
+                    kernel, description=f"{kernel.description} (instead of {'; '.join(reasons)})"
+                )
+            return kernel
+        declined[site.layer] = f"tvm conv ({'; '.join(reasons)})"
+        return None
+
+    lowered, report = lower_convs(mod, layers, provide)
+    described = dict(zip(report.layer, report.description, strict=True))
+    rows = []
+    for name in convs:
+        choice = plan.get(name, dense)
+        kernel = described.get(name) or declined.get(name) or "tvm conv (not matched in graph)"
+        rows.append(
+            {
+                "layer": name,
+                "scheme": choice.scheme,
+                "rate": choice.rate,
+                "block": choice.block,
+                "kernel": kernel,
+            }
+        )
+    return lowered, pd.DataFrame(rows, columns=["layer", "scheme", "rate", "block", "kernel"])
+
+
 def compile_model(
     model: nn.Module,
     example_input: torch.Tensor,
     device: str | DeviceProfile = "host-cpu",
     *,
+    plan: PruningPlan | None = None,
+    kernels: str = "auto",
+    kernel_tune: int = 0,
     name: str | None = None,
     relax_pipeline: str | tvm.transform.Pass = "default",
     tir_pipeline: str | tvm.transform.Pass = "default",
@@ -227,41 +340,60 @@ def compile_model(
     Parameters
     ----------
     model : nn.Module
-        Exported in eval mode (its mode is restored afterwards); weights become constants.
+        Exported in eval mode (its mode is restored afterwards); weights become constants. A
+        model pruned in phase 3 (carrying masks) keeps its masks; ``plan`` then names schemes.
     example_input : torch.Tensor
         Fixes the input shape and dtype of the compiled model.
     device : str or DeviceProfile
         A registered device name (see :func:`npas_lab.devices.list_devices`) or a profile; its
         target (and host) is what code is generated for.
+    plan : PruningPlan, optional
+        Per-layer pruning; its masks are applied (unless the model has its own) and each pruned
+        conv is lowered to its scheme's compact kernel. None: compile the model as it is.
+    kernels : {"auto", "templates", "tvm"}
+        ``templates``: every conv runs the project's kernel for its scheme (dense convs too);
+        ``tvm``: convs stay TVM operators (a plan is still applied, as zeros). ``auto``:
+        templates on LLVM (CPU) targets, else ``tvm``.
+    kernel_tune : int
+        Template configurations measured per conv layer (0: the default configuration, nothing
+        measured). Results go to the kernel tuning database: a second compile measures nothing.
     name : str, optional
         Model name for messages and records; default the class name.
     relax_pipeline, tir_pipeline : str or tvm.transform.Pass
         Passed to ``tvm.compile``; ``"default"`` is TVM's default (untuned) build. A Relax
-        pipeline other than ``"default"`` is used as given (no fusion).
+        pipeline other than ``"default"`` is used as given (no fusion, no templates).
     fuse : bool, optional
         Build with the fusing pipeline (:mod:`npas_lab.compiler.pipeline`). Default: True when
         ``relax_pipeline`` is ``"default"``, else False.
     tune : TuneConfig, optional
         Tune the fused kernels with MetaSchedule (kernels already in the target's database to
         this budget are not tuned again) and build with the best records. Needs ``fuse``, and a
-        target that runs on this machine.
+        target that runs on this machine. Template kernels are already scheduled: not tuned.
     progress : bool or callable
         Tuning progress: a tqdm bar (True), one line per batch to a callable, or logs only.
 
     Returns
     -------
     CompiledModel
+        With ``plan`` and the per-layer ``kernels`` table.
 
     Raises
     ------
     npas_lab.compiler.ExportError
         If the model cannot be exported or imported (the message names the model and ops).
+    npas_lab.sparsity.SparsityError
+        If ``plan`` does not fit the model (the message names the layer).
     ValueError
-        For an unknown device name, or ``fuse``/``tune`` with a custom Relax pipeline.
+        For an unknown device name or ``kernels`` mode, ``fuse``/``tune`` with a custom Relax
+        pipeline, or templates on a non-CPU target.
     """
     # Deferred: devices/ imports compiler/ (DESIGN.md), so a module-level import would cycle.
     from npas_lab.devices.profiles import get_device
 
+    if kernels not in KERNEL_MODES:
+        raise ValueError(f"kernels={kernels!r}: choose one of {', '.join(KERNEL_MODES)}")
+    if not isinstance(kernel_tune, int) or isinstance(kernel_tune, bool) or kernel_tune < 0:
+        raise ValueError(f"kernel_tune={kernel_tune!r}: a number of configurations >= 0")
     custom = not (isinstance(relax_pipeline, str) and relax_pipeline == "default")
     auto_fuse = fuse is None
     if fuse is None:
@@ -275,20 +407,45 @@ def compile_model(
         raise ValueError("tune= tunes the fused kernels: it needs fuse=True")
     profile = get_device(device)
     name = name or type(model).__name__
-    exported = export_to_relax(model, example_input, name=name)
+    cpu_target = profile.target.get("kind") == "llvm"
+    if kernels == "auto":
+        kernels = "templates" if cpu_target and not custom else "tvm"
+    if kernels == "templates" and not cpu_target:
+        raise ValueError(
+            f"kernels='templates': the templates are CPU (LLVM) code, device {profile.name!r} "
+            f"has target kind {profile.target.get('kind')!r}; use kernels='tvm'"
+        )
+    if kernels == "templates" and custom:
+        raise ValueError("kernels='templates' needs relax_pipeline='default'")
+    prepared = None
+    if plan is not None or kernels == "templates":
+        from npas_lab.compiler.prepare import prepare_model
+
+        # Masks baked in, BN folded into the convs, filter/channel-pruned convs shrunk: what
+        # remains is plain convs whose weights identify their layers in the Relax graph.
+        prepared = prepare_model(model, plan)
+        plan = prepared.plan
+        export_model = prepared.model
+    else:
+        export_model = model
+    exported = export_to_relax(export_model, example_input, name=name)
     target = tvm.target.Target(
         dict(profile.target), host=dict(profile.host) if profile.host else None
     )
     timings = {"export": exported.export_s, "import": exported.import_s}
     summary = None
     start = time.perf_counter()
+    mod, table = exported.mod, None
+    if kernels == "templates":
+        mod, table = _lower_with_templates(mod, prepared.model, plan, target, kernel_tune, progress)
+        timings["kernels"] = time.perf_counter() - start
     if fuse:
         from npas_lab.compiler import pipeline
 
         # Run the Relax pipeline here rather than inside tvm.compile so that the fused module
         # (the tuning tasks) and the lowered one (for the fusion report) stay visible.
         try:
-            fused = pipeline.fuse_module(exported.mod, target)
+            fused = pipeline.fuse_module(mod, target)
         except pipeline.UnsupportedForFusionError:
             if not auto_fuse or tune is not None:
                 raise
@@ -304,9 +461,11 @@ def compile_model(
         scheduled = pipeline.schedule_module(fused, target, database=database)
         lowered = pipeline.lowering_pipeline(target)(scheduled)
     else:
-        lowered = _default_relax(exported.mod, target, relax_pipeline)
+        lowered = _default_relax(mod, target, relax_pipeline)
     executable = tvm.compile(lowered, target, relax_pipeline=None, tir_pipeline=tir_pipeline)
-    timings["build"] = time.perf_counter() - start - timings.get("tune", 0.0)
+    timings["build"] = (
+        time.perf_counter() - start - timings.get("tune", 0.0) - timings.get("kernels", 0.0)
+    )
     return CompiledModel(
         name=name,
         profile=profile,
@@ -320,8 +479,12 @@ def compile_model(
         options={
             "fuse": fuse,
             "tune": tune.to_dict() if tune is not None else None,
+            "kernels": kernels,
+            "kernel_tune": kernel_tune,
             "relax_pipeline": relax_pipeline if isinstance(relax_pipeline, str) else "custom",
             "tir_pipeline": tir_pipeline if isinstance(tir_pipeline, str) else "custom",
         },
         tuning=summary,
+        plan=plan,
+        kernels=table,
     )

@@ -110,7 +110,8 @@ def fusion_report(compiled: object) -> pd.DataFrame:
         Columns :data:`FUSION_COLUMNS`: ``kernel`` (TIR function name), ``ops`` (tuple of
         operator names, in order), ``num_ops``, ``fused`` (more than one operator), ``calls``
         (call sites in the model), ``scheduled`` (tuned or otherwise scheduled, not plain
-        loops). Sorted by number of operators, then name.
+        loops: the conv templates of :mod:`npas_lab.compiler.kernels` are, with their bias and
+        ReLU fused in). Sorted by number of operators, then name.
     """
     mod = compiled if isinstance(compiled, tvm.IRModule) else getattr(compiled, "lowered", None)
     if mod is None:
@@ -121,8 +122,10 @@ def fusion_report(compiled: object) -> pd.DataFrame:
         if not isinstance(func, tirx.PrimFunc):
             continue
         name = gv.name_hint
-        ops = kernel_ops(name)
         attrs = func.attrs or {}
+        # Template kernels (lower.py) are named after their layer and say what they compute.
+        declared = attrs.get("npas_lab.ops", None)
+        ops = tuple(str(declared).split(",")) if declared is not None else kernel_ops(name)
         rows.append(
             {
                 "kernel": name,

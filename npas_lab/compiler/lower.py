@@ -142,7 +142,14 @@ def lower_convs(
             if kernel is None:
                 return orig
             symbol = f"npas_{name.replace('.', '_')}_{choice.scheme}"
-            gvar = builder.add_func(kernel.primfunc.with_attr("global_symbol", symbol), symbol)
+            # is_scheduled: the fusing pipeline keeps the kernel whole (never fused into a
+            # neighbour, which would lose its schedule) and MetaSchedule does not tune it.
+            primfunc = kernel.primfunc.with_attr("global_symbol", symbol)
+            primfunc = primfunc.with_attr("tirx.is_scheduled", True)
+            # The operators the kernel computes, for the fusion report (its name is the layer's).
+            ops = {"none": "conv2d", "bias": "conv2d,add", "bias_relu": "conv2d,add,relu"}
+            primfunc = primfunc.with_attr("npas_lab.ops", ops[epilogue])
+            gvar = builder.add_func(primfunc, symbol)
             args = [found[data], *(relax.const(c) for c in kernel.constants)]
             rows.append(
                 {

@@ -261,12 +261,26 @@ def _record_counts(directory: Path) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------- tuning
+def _scheduled(mod: tvm.IRModule) -> bool:
+    """Whether a task's module is already scheduled (the conv templates): never tuned.
+
+    The mark can be on the module or on its function (lower.py sets it on the PrimFunc); such
+    kernels are hand-scheduled, and MetaSchedule cannot even estimate their FLOPs.
+    """
+    if mod.attrs is not None and mod.attrs.get("tirx.is_scheduled", False):
+        return True
+    return any(
+        func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))
+        for _, func in mod.functions_items()
+    )
+
+
 def tuning_tasks(
     fused: tvm.IRModule, target: tvm.target.Target, *, op_names: Sequence[str] = ()
 ) -> list[ms.ExtractedTask]:
     """Return the MetaSchedule tasks of a fused module (one per distinct TIR function)."""
     tasks = ms.relax_integration.extract_tasks(fused, target)
-    tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)]
+    tasks = [t for t in tasks if not _scheduled(t.mod)]
     if op_names:
         tasks = [t for t in tasks if any(op in t.task_name for op in op_names)]
     return tasks

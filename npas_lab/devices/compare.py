@@ -18,7 +18,7 @@ from torch import nn
 
 from npas_lab import results
 from npas_lab.devices.engines import get_engine
-from npas_lab.devices.measure import MeasureConfig, measure
+from npas_lab.devices.measure import MeasureConfig, Measurement, measure
 from npas_lab.devices.profiles import DeviceProfile, get_device
 
 __all__ = ["COMPARE_COLUMNS", "compare_engines"]
@@ -45,6 +45,7 @@ def compare_engines(
     config: MeasureConfig | None = None,
     progress: Callable[[str], None] | None = None,
     record: bool = True,
+    on_error: str = "row",
 ) -> pd.DataFrame:
     """Prepare and measure ``model`` with each engine; return one row per engine.
 
@@ -67,13 +68,17 @@ def compare_engines(
     record : bool
         Append each row to the ``measurements`` table of the results store as it is measured,
         so a crash in a later engine keeps the earlier figures.
+    on_error : {"row", "raise"}
+        What an engine that cannot run the model (export, conversion, compilation or a run
+        fails) gives: ``"row"``, a row with ``status="failed"``, NaN latency and the reason in
+        ``error`` (the other engines are still measured); ``"raise"``, the exception.
 
     Returns
     -------
     pandas.DataFrame
         Columns :data:`COMPARE_COLUMNS` then the other ``Measurement`` fields; ``vs_pytorch`` is
         latency / PyTorch latency (NaN without a PyTorch row), ``prepare_s`` the seconds spent
-        compiling or exporting.
+        compiling or exporting; ``status`` and ``error`` say whether and why an engine failed.
 
     Raises
     ------
@@ -81,6 +86,8 @@ def compare_engines(
         For an unknown engine or device (before anything is compiled), or a local-only engine on
         a remote device.
     """
+    if on_error not in ("row", "raise"):
+        raise ValueError(f"on_error={on_error!r} is not one of 'row', 'raise'")
     profile = get_device(device)
     chosen = [get_engine(name) for name in engines]  # fail fast on a typo
     for engine in chosen:
@@ -96,13 +103,31 @@ def compare_engines(
     for engine in chosen:
         say(f"[{model_name} {shape}] {engine.name}: preparing on {profile.name} ...")
         start = time.perf_counter()
-        with engine.prepare(model, example_input, device=profile) as runner:
-            prepare_s = time.perf_counter() - start
-            m = measure(runner, example_input, config=config, model_name=model_name)
-        say(
-            f"[{model_name} {shape}] {engine.name}: {m.latency_ms:.3f} ms "
-            f"(IQR {m.spread_ms:.3f}, prepared in {prepare_s:.1f} s)"
-        )
+        prepare_s = float("nan")
+        try:
+            with engine.prepare(model, example_input, device=profile) as runner:
+                prepare_s = time.perf_counter() - start
+                m = measure(runner, example_input, config=config, model_name=model_name)
+        except Exception as err:
+            if on_error == "raise":
+                raise
+            reason = f"{type(err).__name__}: {err}".strip()
+            m = Measurement.failed(
+                reason,
+                device=profile.name,
+                engine=engine.name,
+                target="",
+                config=config or MeasureConfig(),
+                num_threads=profile.num_threads,
+                input_shape=tuple(example_input.shape),
+                model=model_name,
+            )
+            say(f"[{model_name} {shape}] {engine.name}: cannot run this model: {reason}")
+        else:
+            say(
+                f"[{model_name} {shape}] {engine.name}: {m.latency_ms:.3f} ms "
+                f"(IQR {m.spread_ms:.3f}, prepared in {prepare_s:.1f} s)"
+            )
         row = {**m.to_dict(), "prepare_s": prepare_s}
         if record:
             results.append("measurements", {"kind": "compare_engines", **row})

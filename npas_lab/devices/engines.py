@@ -3,29 +3,40 @@
 Registered engines (:data:`ENGINES`)
 ------------------------------------
 ``tvm``
-    :func:`npas_lab.compiler.compile_model` (default ``tvm.compile``, untuned), run by the Relax
-    VM in process or through TVM RPC (:func:`npas_lab.devices.runtime.load_on_device`).
+    :func:`npas_lab.compiler.compile_model` (by default: convs on the project's scheduled
+    templates, the rest through the fusing pipeline; options such as ``plan``, ``kernel_tune``
+    or ``tune`` are passed through), run by the Relax VM in process or through TVM RPC
+    (:func:`npas_lab.devices.runtime.load_on_device`).
 ``pytorch``
     Eager PyTorch under ``torch.inference_mode`` (the model in eval mode).
 ``onnxruntime``
     ``torch.onnx.export`` (the ``torch.export``-based "dynamo" exporter by default, the legacy
     TorchScript one as fallback or on request), opset 18, run by an ``InferenceSession`` with the
     ``CPUExecutionProvider``.
+``mnn``
+    The same ONNX export, converted to an ``.mnn`` file by MNN's converter (in a subprocess),
+    run by an MNN ``Interpreter`` session on the CPU backend in fp32 (``precision="high"``): the
+    path of MNN's own ``benchmark`` tool. The NPAS paper's strongest baseline.
 
 Threads: every engine computes with the device's ``num_threads`` (by default the cores this
 process may use): TVM through its target's ``num-cores`` and its runtime pool size, PyTorch with
 ``torch.set_num_threads`` (set for the timed runs and restored afterwards), ONNX Runtime with
-``intra_op_num_threads`` (one inter-op thread, sequential execution). PyTorch and ONNX Runtime run
-only on the local CPU; remote devices are TVM's.
+``intra_op_num_threads`` (one inter-op thread, sequential execution), MNN with the session's
+``numThread``. PyTorch, ONNX Runtime and MNN run only on the local CPU; remote devices are TVM's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import shutil
+import subprocess
+import sys
+import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,9 +51,11 @@ from npas_lab.devices.runtime import TVMRunner, load_on_device
 __all__ = [
     "ENGINES",
     "Engine",
+    "MNNEngine",
     "ONNXRuntimeEngine",
     "PyTorchEngine",
     "TVMEngine",
+    "convert_onnx_to_mnn",
     "get_engine",
     "list_engines",
 ]
@@ -275,12 +288,204 @@ class ONNXRuntimeEngine(Engine):
         return runner
 
 
+# ---------------------------------------------------------------------------------------- MNN
+# The converter is called through MNN's C extension ``_tools``, never ``MNN.tools.mnnconvert``:
+# importing that wrapper (MNN 3.6.1) runs ``os.system("pip install -U aliyun-log-python-sdk")``
+# into whatever ``pip`` is on PATH and then sends usage logs to an Aliyun endpoint. It runs in a
+# subprocess so a converter abort (it calls ``exit`` on some models) cannot take the caller down.
+_MNN_CONVERT = (
+    "import sys, _tools; _tools.mnnconvert(['mnnconvert', '-f', 'ONNX', '--modelFile', "
+    "sys.argv[1], '--MNNModel', sys.argv[2], '--bizCode', 'npas-lab'])"
+)
+_MNN_PRECISIONS = ("high", "normal", "low")
+
+
+def convert_onnx_to_mnn(onnx_path: Path, mnn_path: Path, *, timeout_s: float = 600.0) -> str:
+    """Convert an ONNX file with MNN's converter; return the converter's log.
+
+    Parameters
+    ----------
+    onnx_path : Path
+        The ONNX model.
+    mnn_path : Path
+        Where the ``.mnn`` model is written.
+    timeout_s : float
+        Seconds before the converter is stopped.
+
+    Raises
+    ------
+    RuntimeError
+        The converter failed or reported unsupported operators; the message quotes its log.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MNN_CONVERT, str(onnx_path), str(mnn_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"MNN converter did not finish in {timeout_s:.0f} s") from err
+    log = (done.stdout or "") + (done.stderr or "")
+    # The converter returns True and exit status 0 even when it fails: read its log.
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    problems = [
+        line
+        for line in lines
+        if any(word in line.lower() for word in ("error", "not support", "failed"))
+    ]
+    if done.returncode != 0 or "Converted Success" not in log or not mnn_path.exists():
+        detail = "; ".join(problems[-4:] or lines[-4:]) or f"exit status {done.returncode}"
+        raise RuntimeError(f"MNN converter failed: {detail}")
+    if any("not support" in line.lower() for line in problems):
+        raise RuntimeError(f"MNN converter: unsupported operators: {'; '.join(problems[-4:])}")
+    return log
+
+
+class _MNNRunner(Runner):
+    engine = "mnn"
+
+    def __init__(
+        self,
+        interpreter: Any,
+        session: Any,
+        example_input: torch.Tensor,
+        device: DeviceProfile,
+        target: str,
+        workdir: Path,
+    ):
+        self.interpreter = interpreter
+        self.session = session
+        self.device = device.name
+        self.num_threads = device.num_threads
+        self.target = target
+        self._workdir = workdir
+        self._input = interpreter.getSessionInput(session)
+        self._shape, self._dtype = tuple(example_input.shape), example_input.dtype
+
+    def prepare_input(self, x: torch.Tensor) -> None:
+        import MNN
+
+        _check_shape(x, self._shape, self._dtype, "the MNN session")
+        data = x.detach().cpu().contiguous().numpy().astype(np.float32, copy=False)
+        host = MNN.Tensor(self._shape, MNN.Halide_Type_Float, data, MNN.Tensor_DimensionType_Caffe)
+        # Bound once, like TVM's set_input: the timed runs only call runSession.
+        self._input.copyFrom(host)
+
+    def run_prepared(self, native: None) -> None:
+        code = self.interpreter.runSession(self.session)
+        if code != 0:  # MNN's ErrorCode: 0 is NO_ERROR
+            raise RuntimeError(f"MNN runSession failed with error code {code}")
+
+    def to_torch(self, output: None) -> torch.Tensor | tuple:
+        import MNN
+
+        tensors = []
+        for out in self.interpreter.getSessionOutputAll(self.session).values():
+            shape = tuple(out.getShape())
+            host = MNN.Tensor(
+                shape,
+                MNN.Halide_Type_Float,
+                np.zeros(shape, dtype=np.float32),
+                MNN.Tensor_DimensionType_Caffe,
+            )
+            out.copyToHostTensor(host)
+            array = np.array(host.getNumpyData(), dtype=np.float32).reshape(shape)
+            tensors.append(torch.from_numpy(array))
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+    def close(self) -> None:
+        self.session = self.interpreter = self._input = None
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class MNNEngine(Engine):
+    """Export to ONNX, convert with MNN's converter and run an MNN session on the CPU.
+
+    Parameters
+    ----------
+    exporter : {"auto", "dynamo", "legacy"}
+        The ONNX exporter, as for :class:`ONNXRuntimeEngine` (the same export).
+    opset : int
+        ONNX opset version.
+    precision : {"high", "normal", "low"}
+        MNN's precision mode. ``"high"`` (default) computes in fp32 like the other engines;
+        ``"normal"`` lets MNN use fp16 where the CPU has it (ARMv8.2), not on x86.
+
+    Examples
+    --------
+    >>> host = get_device("host-cpu")
+    >>> with MNNEngine().prepare(model, x, device=host) as runner:  # doctest: +SKIP
+    ...     y = runner(x)
+    """
+
+    name = "mnn"
+
+    def __init__(self, *, exporter: str = "auto", opset: int = 18, precision: str = "high") -> None:
+        if exporter not in _EXPORTERS:
+            raise ValueError(f"exporter={exporter!r} is not one of {_EXPORTERS}")
+        if precision not in _MNN_PRECISIONS:
+            raise ValueError(f"precision={precision!r} is not one of {_MNN_PRECISIONS}")
+        self.exporter = exporter
+        self.opset = opset
+        self.precision = precision
+
+    def prepare(
+        self, model: nn.Module, example_input: torch.Tensor, *, device: DeviceProfile
+    ) -> Runner:
+        try:
+            import MNN
+        except ImportError as err:
+            raise RuntimeError(
+                "engine 'mnn' needs the MNN package: pip install MNN==3.6.1 (pinned in "
+                "pyproject.toml)"
+            ) from err
+        self._require_local(device)
+        was_training = model.training
+        try:
+            blob, used = _export_onnx(
+                model.eval(), example_input.detach(), exporter=self.exporter, opset=self.opset
+            )
+        finally:
+            model.train(was_training)
+        workdir = Path(tempfile.mkdtemp(prefix="npas-mnn-"))
+        try:
+            (workdir / "model.onnx").write_bytes(blob)
+            convert_onnx_to_mnn(workdir / "model.onnx", workdir / "model.mnn")
+            interpreter = MNN.Interpreter(str(workdir / "model.mnn"))
+            config = {"backend": "CPU", "numThread": device.num_threads}
+            config["precision"] = self.precision
+            why = "it returned no session"
+            try:
+                session = interpreter.createSession(config)
+            except Exception as err:  # pybind raises a bare Exception
+                session, why = None, str(err)
+            if session is None:
+                raise RuntimeError(
+                    "MNN could not create a CPU session for the converted model (MNN's session "
+                    f"API cannot run models whose shapes depend on input values): {why}"
+                )
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        version = getattr(MNN, "version", lambda: "?")
+        target = (
+            f"mnn-{version() if callable(version) else version} CPU precision={self.precision} "
+            f"({used} export, opset {self.opset})"
+        )
+        runner = _MNNRunner(interpreter, session, example_input, device, target, workdir)
+        runner.model_name = type(model).__name__
+        return runner
+
+
 # ---------------------------------------------------------------------------------- registry
 #: Engine name -> class; ``get_engine`` passes keyword options to the constructor.
 ENGINES: dict[str, type[Engine]] = {
     "tvm": TVMEngine,
     "pytorch": PyTorchEngine,
     "onnxruntime": ONNXRuntimeEngine,
+    "mnn": MNNEngine,
 }
 
 

@@ -18,6 +18,11 @@ Protocol (:class:`MeasureConfig`)
 
 Every engine computes with the device's ``num_threads`` (see ``engines.py``), batch as given.
 
+The device fingerprint goes with every figure: profile name, target JSON, threads, and for RPC
+the tracker key and the server that ran it. A figure that could not be measured (a phone that
+dropped off, see :func:`npas_lab.devices.remote.measure_on_device`) is a :class:`Measurement`
+with ``status="failed"``, NaN latency and the error, so a search records it and carries on.
+
 Examples
 --------
 >>> m = measure(model, torch.randn(1, 3, 32, 32), engine="pytorch")  # doctest: +SKIP
@@ -108,6 +113,16 @@ class Measurement:
     input_shape : tuple of int
     model : str or None
         Model name if known.
+    key : str or None
+        TVM RPC tracker key of the device (None in process).
+    server : str or None
+        ``"host:port"`` of the RPC server that ran it (None in process).
+    status : {"ok", "failed"}
+        ``"failed"``: no figure (latency and spread are NaN, ``error`` says why).
+    error : str or None
+        The last error of a failed measurement.
+    attempts : int
+        Tries it took (1 + retries used).
     """
 
     latency_ms: float
@@ -121,6 +136,22 @@ class Measurement:
     num_threads: int = 1
     input_shape: tuple[int, ...] = ()
     model: str | None = None
+    key: str | None = None
+    server: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        """Whether this is a real figure (``status == "ok"``)."""
+        return self.status == "ok"
+
+    @classmethod
+    def failed(cls, error: str, **fields: Any) -> Measurement:
+        """Return the record of a measurement that produced no figure (NaN latency)."""
+        nan = float("nan")
+        return cls(latency_ms=nan, spread_ms=nan, repeats=0, status="failed", error=error, **fields)
 
     @classmethod
     def from_times(cls, times_s: list[float], **fields: Any) -> Measurement:
@@ -150,6 +181,8 @@ class Measurement:
         data["times_ms"] = tuple(data.get("times_ms", ()))
         data["input_shape"] = tuple(data.get("input_shape", ()))
         data["config"] = MeasureConfig.from_dict(data.get("config", {}))
+        for name in ("latency_ms", "spread_ms"):  # the results store writes NaN as null
+            data[name] = float("nan") if data.get(name) is None else data[name]
         return cls(**data)
 
 
@@ -242,4 +275,6 @@ def measure(
         num_threads=runner.num_threads,
         input_shape=tuple(example_input.shape),
         model=model_name or runner.model_name,
+        key=getattr(runner, "key", None),
+        server=getattr(runner, "server", None),
     )

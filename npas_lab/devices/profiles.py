@@ -10,13 +10,28 @@ Registered devices
 ``host-cpu``
     The CPU running Python, in process (``tvm.cpu()``).
 ``host-cpu-rpc``
-    The same target, reached through a TVM RPC tracker (``$NPAS_LAB_TRACKER``, default
-    ``127.0.0.1:9190``) under key ``$NPAS_LAB_RPC_KEY`` (default ``"local"``). A phone is the same
-    shape of profile with a cross target and linker; :class:`npas_lab.devices.LocalRPC` serves this
-    key on loopback and hands out a profile pointing at its own tracker.
+    The same target, reached through a TVM RPC tracker under key ``$NPAS_LAB_RPC_KEY`` (default
+    ``"local"``). :class:`npas_lab.devices.LocalRPC` serves this key on loopback and hands out a
+    profile pointing at its own tracker.
+``android-arm64``
+    An Android phone's CPU (``aarch64-linux-android``, NEON) running the TVM RPC app, key
+    ``"android"``. Linked by the NDK (``$TVM_NDK_CC``), else by Debian's ``aarch64-linux-gnu-gcc``.
+``android-opencl``
+    The same phone's GPU through OpenCL (``device="adreno"``), host code as ``android-arm64``.
+``linux-arm64``
+    A Linux arm64 board (Raspberry Pi 4/5, Jetson CPU, ...) running ``python -m
+    tvm.exec.rpc_server``, key ``"linux-arm64"``, linked by ``aarch64-linux-gnu-gcc``.
+``cuda``
+    An NVIDIA GPU in this process (kernels built by NVRTC, or nvcc with
+    ``TVM_CUDA_COMPILE_MODE=nvcc``).
 
-Add a device with ``DEVICES["mine"] = factory`` (or :func:`register_device`), where ``factory()``
-returns a :class:`DeviceProfile`.
+Every RPC profile reaches the tracker at ``$NPAS_LAB_TRACKER`` (default ``127.0.0.1:9190``).
+How each profile is linked and what is missing is :func:`npas_lab.devices.cross.check_toolchain`.
+
+User profiles live in a TOML file (``$NPAS_LAB_DEVICES``, else ``devices.toml`` under
+``$NPAS_LAB_HOME``, see :mod:`npas_lab.devices.config`); :func:`get_device` and
+:func:`list_devices` include them. In code, add a device with :func:`register_device` (or
+``DEVICES["mine"] = factory``), where ``factory()`` returns a :class:`DeviceProfile`.
 
 Examples
 --------
@@ -35,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ARM_THREADS",
     "DEVICES",
     "DeviceProfile",
     "available_cores",
@@ -102,8 +118,11 @@ class DeviceProfile:
     key : str or None
         Device key the RPC servers register under (``reach="rpc"`` only).
     cross_compiler : str or None
-        Compiler driver that links the exported library (e.g. ``"aarch64-linux-gnu-g++"``);
-        None links with the host compiler.
+        Compiler driver that links the exported library (e.g. ``"aarch64-linux-gnu-gcc"``);
+        None links with the host compiler. For Android targets it is the fallback used when
+        ``$TVM_NDK_CC`` (the NDK's clang) is not set.
+    description : str
+        One line for listings and dropdowns (how to reach the device).
     """
 
     name: str
@@ -114,6 +133,7 @@ class DeviceProfile:
     tracker: str | None = None
     key: str | None = None
     cross_compiler: str | None = None
+    description: str = ""
 
     def __post_init__(self) -> None:
         if self.reach not in _REACHES:
@@ -122,7 +142,9 @@ class DeviceProfile:
             raise ValueError(f"device {self.name!r}: target {dict(self.target)!r} has no 'kind'")
         if self.reach == "rpc" and (not self.tracker or not self.key):
             raise ValueError(f"device {self.name!r} is reached by RPC but has no tracker/key")
-        if self.num_threads < 1:
+        if self.host is not None and "kind" not in self.host:
+            raise ValueError(f"device {self.name!r}: host {dict(self.host)!r} has no 'kind'")
+        if not isinstance(self.num_threads, int) or self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
         # Read-only copies: a frozen profile must not change under an artifact cached by its hash.
         object.__setattr__(self, "target", _ReadOnlyDict(self.target))
@@ -157,7 +179,19 @@ class DeviceProfile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DeviceProfile:
-        """Rebuild a profile written by :meth:`to_dict`."""
+        """Rebuild a profile written by :meth:`to_dict`.
+
+        Raises
+        ------
+        ValueError
+            For a field that is not a profile field (the message lists the valid ones).
+        """
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown device profile field(s) {sorted(unknown)}; valid fields: "
+                f"{', '.join(f.name for f in dataclasses.fields(cls))}"
+            )
         return cls(**dict(data))
 
 
@@ -176,21 +210,97 @@ class _ReadOnlyDict(dict):
         return (_ReadOnlyDict, (dict(self),))
 
 
+def _tracker() -> str:
+    # From the environment so that `npas-lab device serve` on another terminal (or a tracker on
+    # another host, the one the phone registers with) needs no code change.
+    return os.environ.get("NPAS_LAB_TRACKER", DEFAULT_TRACKER)
+
+
 def _host_cpu() -> DeviceProfile:
     cores = available_cores()
-    return DeviceProfile(name="host-cpu", target=host_cpu_target(cores), num_threads=cores)
+    return DeviceProfile(
+        name="host-cpu",
+        target=host_cpu_target(cores),
+        num_threads=cores,
+        description="this machine's CPU, in process",
+    )
 
 
 def _host_cpu_rpc() -> DeviceProfile:
-    # The address comes from the environment so that `npas-lab device serve` on another terminal
-    # (or a tracker on another host) needs no code change.
-    local = _host_cpu()
     return dataclasses.replace(
-        local,
+        _host_cpu(),
         name="host-cpu-rpc",
         reach="rpc",
-        tracker=os.environ.get("NPAS_LAB_TRACKER", DEFAULT_TRACKER),
+        tracker=_tracker(),
         key=os.environ.get("NPAS_LAB_RPC_KEY", DEFAULT_RPC_KEY),
+        description="this machine's CPU through a TVM RPC server (npas-lab device serve)",
+    )
+
+
+#: Threads on a phone or board: the big cluster of a typical 4+4 (or 1+3+4) arm64 SoC. TVM's
+#: runtime on the device binds to the big cores first; a user profile can say otherwise.
+ARM_THREADS = 4
+#: Debian's cross compiler (package ``gcc-aarch64-linux-gnu``), the link step without the NDK.
+GNU_AARCH64 = "aarch64-linux-gnu-gcc"
+ANDROID_ARM64 = {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]}
+
+
+def _android_arm64() -> DeviceProfile:
+    return DeviceProfile(
+        name="android-arm64",
+        target={**ANDROID_ARM64, "num-cores": ARM_THREADS},
+        num_threads=ARM_THREADS,
+        reach="rpc",
+        tracker=_tracker(),
+        key="android",
+        cross_compiler=GNU_AARCH64,
+        description="Android phone CPU (arm64, NEON) via the TVM RPC app, key 'android'",
+    )
+
+
+def _android_opencl() -> DeviceProfile:
+    # Kernels are OpenCL C compiled by the phone's driver when the module loads; only the host
+    # part (the VM glue, weights) is an aarch64 library that needs the cross linker.
+    return DeviceProfile(
+        name="android-opencl",
+        target={"kind": "opencl", "device": "adreno"},
+        host=ANDROID_ARM64,
+        num_threads=1,
+        reach="rpc",
+        tracker=_tracker(),
+        key="android",
+        cross_compiler=GNU_AARCH64,
+        description="Android phone GPU (OpenCL, Adreno) via the TVM RPC app, key 'android'",
+    )
+
+
+def _linux_arm64() -> DeviceProfile:
+    return DeviceProfile(
+        name="linux-arm64",
+        target={
+            "kind": "llvm",
+            "mtriple": "aarch64-linux-gnu",
+            "mattr": ["+neon"],
+            "num-cores": ARM_THREADS,
+        },
+        num_threads=ARM_THREADS,
+        reach="rpc",
+        tracker=_tracker(),
+        key="linux-arm64",
+        cross_compiler=GNU_AARCH64,
+        description="Linux arm64 board running tvm.exec.rpc_server, key 'linux-arm64'",
+    )
+
+
+def _cuda() -> DeviceProfile:
+    # No "arch": TVM reads it from the GPU present at build time; a user profile for a remote GPU
+    # names it (e.g. "arch": "sm_86") since this host may have none.
+    return DeviceProfile(
+        name="cuda",
+        target={"kind": "cuda"},
+        host=host_cpu_target(),
+        num_threads=1,
+        description="NVIDIA GPU in this process (CUDA)",
     )
 
 
@@ -198,12 +308,28 @@ def _host_cpu_rpc() -> DeviceProfile:
 DEVICES: dict[str, Callable[[], DeviceProfile]] = {
     "host-cpu": _host_cpu,
     "host-cpu-rpc": _host_cpu_rpc,
+    "android-arm64": _android_arm64,
+    "android-opencl": _android_opencl,
+    "linux-arm64": _linux_arm64,
+    "cuda": _cuda,
 }
 
 
+def _user_devices() -> dict[str, DeviceProfile]:
+    from npas_lab.devices.config import load_user_devices  # config builds on this module
+
+    return load_user_devices()
+
+
 def list_devices() -> list[str]:
-    """Return the registered device names, sorted."""
-    return sorted(DEVICES)
+    """Return the registered and user-defined device names, sorted.
+
+    Raises
+    ------
+    ValueError
+        If the user devices file is malformed (the message names the file and the device).
+    """
+    return sorted(set(DEVICES) | set(_user_devices()))
 
 
 def register_device(name: str, factory: Callable[[], DeviceProfile]) -> None:
@@ -219,10 +345,13 @@ def get_device(device: str | DeviceProfile) -> DeviceProfile:
     Raises
     ------
     ValueError
-        For an unknown name; the message lists the valid ones.
+        For an unknown name; the message lists the valid ones (user devices included).
     """
     if isinstance(device, DeviceProfile):
         return device
-    if not isinstance(device, str) or device not in DEVICES:
-        raise ValueError(f"Unknown device {device!r}; valid names: {', '.join(list_devices())}")
-    return DEVICES[device]()
+    if isinstance(device, str) and device in DEVICES:
+        return DEVICES[device]()
+    user = _user_devices()
+    if isinstance(device, str) and device in user:
+        return user[device]
+    raise ValueError(f"Unknown device {device!r}; valid names: {', '.join(list_devices())}")

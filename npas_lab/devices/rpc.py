@@ -35,9 +35,11 @@ from typing import Any
 from npas_lab.devices.profiles import DeviceProfile, available_cores, get_device
 
 __all__ = [
+    "DeviceUnavailableError",
     "LocalRPC",
     "TrackerUnreachableError",
     "connect_tracker",
+    "request_session",
     "tracker_summary",
     "wait_for_servers",
 ]
@@ -49,6 +51,10 @@ _PORT_WINDOW = 20
 
 class TrackerUnreachableError(ConnectionError):
     """No TVM RPC tracker answers at the given address."""
+
+
+class DeviceUnavailableError(TimeoutError):
+    """The tracker had no free server under the key within the request timeout."""
 
 
 def _free_port(host: str) -> int:
@@ -82,6 +88,83 @@ def connect_tracker(host: str, port: int, *, timeout_s: float = 5.0) -> Any:
                 ) from err
             time.sleep(0.1)
     return rpc.connect_tracker(host, port)
+
+
+def request_session(
+    host: str,
+    port: int,
+    key: str,
+    *,
+    timeout_s: float | None = 60.0,
+    session_timeout_s: float = 0.0,
+    priority: int = 1,
+) -> tuple[Any, str]:
+    """Ask the tracker for a server under ``key``; return the session and the server address.
+
+    TVM's ``TrackerSession.request`` waits in the tracker's queue forever, which hangs a search
+    when the only phone has dropped off. This sends the same request with a deadline (an
+    abandoned request is harmless: the tracker skips requesters that have hung up) and reports
+    which server answered, so a measurement can say where it ran.
+
+    Parameters
+    ----------
+    host, port : str, int
+        The tracker.
+    key : str
+        Device key the servers registered under.
+    timeout_s : float or None
+        How long to wait for a free server (None: forever, like TVM).
+    session_timeout_s : float
+        Session limit enforced by the server (0: none).
+    priority : int
+        Tracker queue priority (higher is served first).
+
+    Returns
+    -------
+    session : tvm.rpc.RPCSession
+    server : str
+        ``"host:port"`` of the server that serves the session.
+
+    Raises
+    ------
+    TrackerUnreachableError
+        If no tracker answers at ``host:port``.
+    DeviceUnavailableError
+        If no server under ``key`` became free within ``timeout_s``.
+    """
+    import struct
+
+    from tvm import rpc
+    from tvm.rpc import base
+
+    try:
+        sock = socket.create_connection((host, port), timeout=5.0)
+    except OSError as err:
+        raise TrackerUnreachableError(f"no TVM RPC tracker at {host}:{port} ({err})") from err
+    try:
+        sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+        if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
+            raise TrackerUnreachableError(f"{host}:{port} is not a TVM RPC tracker")
+        base.sendjson(sock, [base.TrackerCode.REQUEST, key, "", priority])
+        sock.settimeout(timeout_s)
+        try:
+            reply = base.recvjson(sock)
+        except TimeoutError:
+            summary = {}
+            with contextlib.suppress(Exception):
+                summary = tracker_summary(host, port, timeout_s=1.0).get("queue_info", {})
+            raise DeviceUnavailableError(
+                f"no RPC server with key {key!r} became free at the tracker {host}:{port} within "
+                f"{timeout_s} s (queues: {summary}); is the device connected and its RPC app "
+                "or server running?"
+            ) from None
+    finally:
+        sock.close()
+    if reply[0] != base.TrackerCode.SUCCESS:
+        raise RuntimeError(f"tracker {host}:{port} answered {reply!r} to a request for {key!r}")
+    url, server_port, matchkey = reply[1]
+    session = rpc.connect(url, server_port, matchkey, session_timeout_s)
+    return session, f"{url}:{server_port}"
 
 
 def tracker_summary(host: str, port: int, *, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -186,7 +269,13 @@ class LocalRPC:
 
     @property
     def pids(self) -> list[int]:
+        """Process ids of the tracker and the servers, in start order."""
         return [p.popen.pid for p in self._procs]
+
+    @property
+    def server_pids(self) -> list[int]:
+        """Process ids of the servers (each leads a process group with its helpers)."""
+        return [p.popen.pid for p in self._procs if p.role.startswith("server")]
 
     def device(self, name: str = "host-cpu-rpc") -> DeviceProfile:
         """Return profile ``name`` pointed at this tracker and key."""

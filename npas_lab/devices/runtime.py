@@ -2,11 +2,13 @@
 
 :func:`load_on_device` returns a :class:`TVMRunner`. For ``reach="rpc"`` it exports the library to
 a temporary folder, requests a session from the tracker under the device key, uploads the
-library and loads it remotely. Both paths drive the Relax VM with the stateful API
-(``set_input`` / ``invoke_stateful`` / ``get_outputs``): over RPC ``vm["main"](x)`` returns an
-``RPCObjectRef`` that cannot be read, and using the same calls in process keeps the two timings
-comparable. Timing uses ``vm.time_evaluator("invoke_stateful", ...)``, i.e. TVM's C++ timer on
-the device itself: RPC round trips are not part of the latency.
+library and loads it remotely. The library is linked by the device's toolchain
+(:func:`npas_lab.devices.cross.export_for_device`: the NDK or a cross gcc for a phone). Both
+paths drive the Relax VM with the stateful API (``set_input`` / ``invoke_stateful`` /
+``get_outputs``): over RPC ``vm["main"](x)`` returns an ``RPCObjectRef`` that cannot be read,
+and using the same calls in process keeps the two timings comparable. Timing uses
+``vm.time_evaluator("invoke_stateful", ...)``, i.e. TVM's C++ timer on the device itself: RPC
+round trips are not part of the latency.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import tvm
 from tvm import relax
 
 from npas_lab.compiler import CompiledModel
+from npas_lab.devices.cross import export_for_device
 from npas_lab.devices.profiles import DeviceProfile, get_device
-from npas_lab.devices.rpc import connect_tracker
+from npas_lab.devices.rpc import connect_tracker, request_session
 from npas_lab.devices.runner import Runner
 
 __all__ = ["TVMRunner", "load_on_device"]
@@ -35,13 +38,20 @@ def _canonical_target(profile: DeviceProfile) -> dict[str, Any]:
 
 
 # TVM target kind -> runtime device type (what `tvm.runtime.device` and `session.device` take).
-_DEVICE_TYPE = {"llvm": "cpu", "c": "cpu"}
+_DEVICE_TYPE = {"llvm": "cpu", "c": "cpu", "opencl": "opencl", "cuda": "cuda"}
 
 
 class TVMRunner(Runner):
     """A compiled model loaded on its device (in process or over RPC).
 
     Use :func:`load_on_device` to create one; close it (or use ``with``) to end an RPC session.
+
+    Attributes
+    ----------
+    key : str or None
+        The tracker key it was requested under (None in process).
+    server : str or None
+        ``"host:port"`` of the RPC server that runs it (None in process).
     """
 
     engine = "tvm"
@@ -53,6 +63,7 @@ class TVMRunner(Runner):
         *,
         session_timeout_s: float = 0.0,
         tracker_timeout_s: float = 5.0,
+        request_timeout_s: float | None = None,
     ) -> None:
         self.compiled = compiled
         self.device = device.name
@@ -61,18 +72,27 @@ class TVMRunner(Runner):
         self.num_threads = device.num_threads
         self.model_name = compiled.name
         self._session: Any = None
+        self.key: str | None = None
+        self.server: str | None = None
         kind = _DEVICE_TYPE.get(str(compiled.target["kind"]), str(compiled.target["kind"]))
         if device.reach == "local":
             self.vm = compiled.vm
             self.dev = tvm.runtime.device(kind)
             return
-        tracker = connect_tracker(*device.tracker_address, timeout_s=tracker_timeout_s)
-        try:
-            self._session = tracker.request(device.key, session_timeout=session_timeout_s)
-        finally:
-            tracker.close()
+        # Link first: a missing cross linker must not hold one of the tracker's servers.
         with tempfile.TemporaryDirectory(prefix="npas-upload-") as tmp:
-            lib = compiled.export_library(Path(tmp) / f"{compiled.name}.so")
+            lib = export_for_device(compiled, Path(tmp) / f"{compiled.name}.so")
+            host, port = device.tracker_address
+            # The clear TrackerUnreachableError when nothing listens (TVM would retry for 60 s).
+            connect_tracker(host, port, timeout_s=tracker_timeout_s).close()
+            self._session, self.server = request_session(
+                host,
+                port,
+                str(device.key),
+                timeout_s=request_timeout_s,
+                session_timeout_s=session_timeout_s,
+            )
+            self.key = device.key
             self._session.upload(str(lib))
             remote_lib = self._session.load_module(lib.name)
         self.dev = self._session.device(kind)
@@ -127,6 +147,7 @@ def load_on_device(
     *,
     session_timeout_s: float = 0.0,
     tracker_timeout_s: float = 5.0,
+    request_timeout_s: float | None = None,
 ) -> TVMRunner:
     """Load ``compiled`` on ``device`` (default: the device it was compiled for).
 
@@ -140,6 +161,8 @@ def load_on_device(
         RPC session limit enforced by the server; 0 = none.
     tracker_timeout_s : float
         How long to wait for the tracker to accept a connection.
+    request_timeout_s : float, optional
+        How long to wait for a free server under the device key (None: as long as it takes).
 
     Raises
     ------
@@ -147,6 +170,10 @@ def load_on_device(
         If the device's target differs from the one the model was compiled for.
     TrackerUnreachableError
         For an RPC device whose tracker does not answer.
+    DeviceUnavailableError
+        If no server under the key is free within ``request_timeout_s``.
+    ToolchainError
+        If the library cannot be linked for the device (missing cross compiler).
     """
     profile = get_device(device if device is not None else compiled.profile)
     target = _canonical_target(profile)
@@ -161,4 +188,5 @@ def load_on_device(
         profile,
         session_timeout_s=session_timeout_s,
         tracker_timeout_s=tracker_timeout_s,
+        request_timeout_s=request_timeout_s,
     )

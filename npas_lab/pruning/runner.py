@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
@@ -115,6 +115,7 @@ def prune(
     run_id: str | None = None,
     stage: str = "prune",
     evaluate_test: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> PruneResult:
     """Prune a copy of ``model`` to ``plan`` with one algorithm; log every epoch.
@@ -143,6 +144,9 @@ def prune(
         Written into every record, to tell runs apart under one id (``"trial"``, ``"final"``).
     evaluate_test
         Evaluate on the test split at the end; False leaves ``test_accuracy`` None.
+    on_epoch
+        Called after every epoch with the history row plus ``algorithm`` and ``stage`` (e.g.
+        to update a live figure); the row is already in the results store.
     **options
         The algorithm's options, e.g. ``rho=1e-4`` for ``admm``, ``lam=1e-4`` for
         ``group_lasso``; unknown ones raise.
@@ -199,6 +203,8 @@ def prune(
                 phase=row["phase"], val_acc=f"{val['accuracy']:.3f}", rate=f"{rate:.2f}"
             )
             results.append(TABLE, {**common, "kind": "epoch", **row}, env=False)
+            if on_epoch is not None:
+                on_epoch({"algorithm": name, "stage": stage, **row})
     finally:
         trainer.close()
     if trainer.epoch != settings.epochs:

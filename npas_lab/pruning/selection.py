@@ -10,7 +10,7 @@ Trials and the final run share one ``run_id`` in the ``pruning`` table (``stage`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,7 @@ def select_algorithm(
     seed: int = 0,
     progress: bool = True,
     run_id: str | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     **train_options: Any,
 ) -> Selection:
     """Pick the pruning algorithm for ``plan`` by short trials, then run it to completion.
@@ -90,6 +91,9 @@ def select_algorithm(
         Show a bar over the candidates and one per run.
     run_id
         Shared id of all records; a new one by default.
+    on_epoch
+        Called after every epoch of every run (trials and the final run) with the history row,
+        ``algorithm`` and ``stage`` (``"trial"`` or ``"final"``): feeds live curves.
     **train_options
         Passed to :func:`~npas_lab.pruning.runner.prune`: ``lr``, ``batch_size``,
         ``optimizer``, ``weight_decay``.
@@ -137,6 +141,7 @@ def select_algorithm(
                 run_id=run_id,
                 stage="trial",
                 evaluate_test=False,
+                on_epoch=on_epoch,
                 **train_options,
                 **options.get(name, {}),
             )
@@ -155,6 +160,7 @@ def select_algorithm(
         progress=progress,
         run_id=run_id,
         stage="final",
+        on_epoch=on_epoch,
         **train_options,
         **options.get(chosen, {}),
     )

@@ -36,7 +36,14 @@ from npas_lab.sparsity.apply import (
 from npas_lab.sparsity.errors import SparsityError
 from npas_lab.sparsity.footprint import STORAGE_FORMATS, compact, storage_table
 from npas_lab.sparsity.importance import Importance, Magnitude
-from npas_lab.sparsity.masks import SCHEMES, compute_mask, get_scheme, list_schemes, schemes_for
+from npas_lab.sparsity.masks import (
+    SCHEMES,
+    compute_mask,
+    get_scheme,
+    list_schemes,
+    scheme_masks,
+    schemes_for,
+)
 from npas_lab.sparsity.patterns import PatternLibrary
 from npas_lab.sparsity.plan import LayerChoice, PruningPlan, uniform_plan, validate_plan
 from npas_lab.sparsity.schemes import DEFAULT_BLOCK, Scheme
@@ -75,6 +82,7 @@ __all__ = [
     "get_scheme",
     "list_schemes",
     "make_permanent",
+    "scheme_masks",
     "schemes_for",
     "storage_table",
     "uniform_plan",

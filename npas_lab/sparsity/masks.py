@@ -140,3 +140,29 @@ def compute_mask(
     scores4 = scores.reshape(*weight.shape, 1, 1) if weight.dim() == 2 else scores
     mask = spec.mask(scores4, rate, block=block, layer=layer, **opts)
     return mask.reshape(weight.shape).to(device=weight.device, dtype=torch.bool)
+
+
+def scheme_masks(weight: torch.Tensor, rate: float, *, layer: str = "?") -> dict[str, torch.Tensor]:
+    """Return the keep-mask of ``weight`` at ``rate`` under every scheme meant for its shape.
+
+    For pictures (:func:`npas_lab.plotting.mask_gallery_figure`): the layer kind is read from
+    the weight's shape (``F x C x kh x kw`` conv, 1x1 pointwise, ``F x C`` linear), schemes in
+    registry order, ``dense`` left out; a scheme that cannot reach ``rate`` on this weight (e.g.
+    pattern below 9/4x) is left out too.
+    """
+    weight = torch.as_tensor(weight)
+    if weight.dim() == 4:
+        kernel = tuple(weight.shape[2:])
+        kind = "pointwise" if kernel == (1, 1) else "conv"
+    else:
+        kernel, kind = (1, 1), "linear"
+    row = {"kind": kind, "kernel": kernel, "groups": 1, "in": weight.shape[1]}
+    masks = {}
+    for name in schemes_for(row):
+        if name == "dense":
+            continue
+        try:
+            masks[name] = compute_mask(weight, name, rate, layer=layer)
+        except SparsityError:
+            continue
+    return masks

@@ -108,9 +108,10 @@ def select_groups(
     low, high = total / kept_all, total / int(sizes.min())
     # A relative slack so that e.g. 9 / 4 typed as 2.25 is not refused for rounding.
     if rate < low * (1 - 1e-9) or rate > high * (1 + 1e-9):
+        units = unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
         raise SparsityError(
             f"{scheme} pruning cannot reach rate {rate:g} on layer {layer!r} ({total} weights "
-            f"in {len(sizes)} {unit}s of at least {int(sizes.min())} weights): valid rates are "
+            f"in {len(sizes)} {units} of at least {int(sizes.min())} weights): valid rates are "
             f"{low:.4g} (every {unit} kept) to {high:.4g} (one {unit} kept)"
         )
     target = total / rate
