@@ -217,12 +217,9 @@ class CompiledModel:
         """
         # Deferred: devices/ imports compiler/. The device's toolchain (NDK, Debian cross gcc,
         # host) is chosen there; a missing one raises ToolchainError saying what to install.
-        from npas_lab.devices.cross import library_compiler
+        from npas_lab.devices.cross import export_for_device
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.executable.export_library(str(path), fcompile=library_compiler(self.profile))
-        return path
+        return export_for_device(self, path)
 
 
 def _default_relax(

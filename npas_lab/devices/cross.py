@@ -42,6 +42,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +241,9 @@ def library_compiler(device: str | DeviceProfile) -> Callable[..., Any] | None:
     )
 
 
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_for_device(compiled: CompiledModel, path: str | Path) -> Path:
     """Write ``compiled``'s library for its device to ``path`` (``.so``) and return the path.
 
@@ -253,7 +257,11 @@ def export_for_device(compiled: CompiledModel, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiled.executable.export_library(str(path), fcompile=library_compiler(compiled.profile))
+    fcompile = library_compiler(compiled.profile)
+    # TVM's export is not thread safe: two threads exporting one executable at once (e.g.
+    # measure_many on several servers) abort the process in write_to_file. One at a time.
+    with _EXPORT_LOCK:
+        compiled.executable.export_library(str(path), fcompile=fcompile)
     return path
 
 
