@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 
@@ -48,11 +47,6 @@ LARGE_FROM = 128
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _kernel_ms(description: str) -> float | None:
-    found = re.search(r"([0-9.]+) ms", description)
-    return float(found.group(1)) if found else None
 
 
 def run_size(
@@ -89,8 +83,7 @@ def run_size(
 
 def where_time_goes(compiled, latency_ms: float) -> str:
     """Return a markdown summary: tuned conv-kernel times against the whole-model latency."""
-    table = compiled.kernels.copy()
-    table["ms"] = table.kernel.map(_kernel_ms)
+    table = compiled.kernels
     if table.ms.isna().any():
         return "(per-layer times need --kernel-tune > 0)"
     convs = table.ms.sum()

@@ -43,20 +43,13 @@ from npas_lab.compiler.kernels import ConvSpec, conv_kernel, tune_kernel
 from npas_lab.compiler.kernels.runtime import build_kernel, kernel_args, time_interleaved
 from npas_lab.devices import get_device
 from npas_lab.sparsity import compute_mask
+from npas_lab.studies import SPEEDUP_SCHEMES
 
 TABLE = "benchmarks/schemes"
 SHAPES = [(64, 32), (128, 16), (256, 8)]  # (channels, spatial)
 RATES = [2.0, 3.0, 4.0, 6.0, 8.0, 10.0]
 # (label, scheme, block, mask options); "filter"/"channel" are shrunk dense layers.
-SCHEMES_3X3 = [
-    ("unstructured", "unstructured", None, {}),
-    ("pattern", "pattern", None, {}),
-    ("bp 4x4", "block_punched", (4, 4), {}),
-    ("bp 8x4", "block_punched", (8, 4), {}),
-    ("bp 16x4", "block_punched", (16, 4), {}),
-    ("filter", "filter", None, {}),
-    ("channel", "channel", None, {}),
-]
+SCHEMES_3X3 = list(SPEEDUP_SCHEMES)  # the notebook's quick grid measures the same schemes
 SCHEMES_1X1 = [
     ("unstructured", "unstructured", None, {}),
     ("bp 4x4", "block_punched", (4, 4), {}),

@@ -32,7 +32,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace):
+    """Return the :class:`~npas_lab.training.TrainConfig` of the common training options."""
     from npas_lab.training import TrainConfig
 
     return TrainConfig(
@@ -48,7 +49,7 @@ def _train_config(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from npas_lab.training import train
 
-    trained = train(_train_config(args), cache=not args.no_cache)
+    trained = train(train_config(args), cache=not args.no_cache)
     source = (
         "loaded from cache" if trained.from_cache else f"trained in {trained.train_seconds:.1f} s"
     )
@@ -63,7 +64,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from npas_lab.devices import COMPARE_COLUMNS, compare_engines
     from npas_lab.training import train
 
-    trained = train(_train_config(args))
+    trained = train(train_config(args))
     table = compare_engines(
         trained.model,
         trained.data.example_input(),

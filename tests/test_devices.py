@@ -114,7 +114,8 @@ def test_measure_config_rejects_nonsense():
 # -------------------------------------------------------------------------------- engines
 def test_engine_registry_and_unknown_engine():
     assert list_engines() == ["mnn", "onnxruntime", "pytorch", "tvm"]
-    with pytest.raises(ValueError, match=r"Unknown engine 'tensorrt'; valid names: mnn, onnxruntime"):
+    expected = r"Unknown engine 'tensorrt'; valid names: mnn, onnxruntime"
+    with pytest.raises(ValueError, match=expected):
         get_engine("tensorrt")
 
 

@@ -114,9 +114,9 @@ class CompiledModel:
     plan : PruningPlan or None
         The pruning plan baked into the build (None: the model as given).
     kernels : pandas.DataFrame or None
-        One row per conv layer: ``layer, scheme, rate, block, lowering, kernel`` -- which kernel
-        runs it (a template with its configuration and measured time, or ``tvm`` with the
-        reason no template was used). None for ``kernels="tvm"`` builds.
+        One row per conv layer: ``layer, scheme, rate, block, kernel, ms`` -- which kernel runs
+        it (a template with its configuration, or ``tvm`` with the reason no template was used)
+        and its tuned time alone (NaN when not tuned). None for ``kernels="tvm"`` builds.
 
     Examples
     --------
@@ -301,6 +301,7 @@ def _lower_with_templates(
 
     lowered, report = lower_convs(mod, layers, provide)
     described = dict(zip(report.layer, report.description, strict=True))
+    timed = dict(zip(report.layer, report.ms, strict=True))
     rows = []
     for name in convs:
         choice = plan.get(name, dense)
@@ -312,9 +313,11 @@ def _lower_with_templates(
                 "rate": choice.rate,
                 "block": choice.block,
                 "kernel": kernel,
+                "ms": timed.get(name),
             }
         )
-    return lowered, pd.DataFrame(rows, columns=["layer", "scheme", "rate", "block", "kernel"])
+    columns = ["layer", "scheme", "rate", "block", "kernel", "ms"]
+    return lowered, pd.DataFrame(rows, columns=columns)
 
 
 def compile_model(

@@ -66,6 +66,7 @@ class LoweredKernel:
     constants: tuple[np.ndarray, ...]
     out_shape: tuple[int, ...]
     description: str = ""
+    ms: float | None = None  # measured time of the kernel alone, when it was tuned
 
 
 #: ``provider(site) -> LoweredKernel`` or ``None`` to leave the conv as it is.
@@ -158,6 +159,7 @@ def lower_convs(
                     "epilogue": epilogue,
                     "kernel": gvar.name_hint,
                     "description": kernel.description,
+                    "ms": kernel.ms,
                 }
             )
             return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, "float32"))
@@ -169,7 +171,7 @@ def lower_convs(
     for pattern, epilogue in ((relu, "bias_relu"), (add, "bias"), (conv, "none")):
         main = rewrite_call(pattern, rewriter_for(epilogue), main)
     builder.update_func(builder.get().get_global_var("main"), main)
-    columns = ["layer", "scheme", "epilogue", "kernel", "description"]
+    columns = ["layer", "scheme", "epilogue", "kernel", "description", "ms"]
     return builder.get(), pd.DataFrame(rows, columns=columns)
 
 
@@ -247,6 +249,6 @@ def template_provider(
         if ms is not None:
             note += f", {ms:.3f} ms"
         constants = tuple(kernel.constants) + ((site.bias,) if site.bias is not None else ())
-        return LoweredKernel(kernel.primfunc, constants, tuple(kernel.out_shape), note)
+        return LoweredKernel(kernel.primfunc, constants, tuple(kernel.out_shape), note, ms)
 
     return provide

@@ -212,6 +212,17 @@ def _export_onnx(
     return buffer.getvalue(), "legacy"
 
 
+def _export_onnx_eval(
+    model: nn.Module, example_input: torch.Tensor, exporter: str, opset: int
+) -> tuple[bytes, str]:
+    """:func:`_export_onnx` of ``model`` in eval mode; the caller's mode is restored."""
+    was_training = model.training
+    try:
+        return _export_onnx(model.eval(), example_input.detach(), exporter=exporter, opset=opset)
+    finally:
+        model.train(was_training)
+
+
 class _ONNXRuntimeRunner(Runner):
     engine = "onnxruntime"
 
@@ -267,13 +278,7 @@ class ONNXRuntimeEngine(Engine):
         import onnxruntime as ort
 
         self._require_local(device)
-        was_training = model.training
-        try:
-            blob, used = _export_onnx(
-                model.eval(), example_input.detach(), exporter=self.exporter, opset=self.opset
-            )
-        finally:
-            model.train(was_training)
+        blob, used = _export_onnx_eval(model, example_input, self.exporter, self.opset)
         options = ort.SessionOptions()
         options.intra_op_num_threads = device.num_threads
         options.inter_op_num_threads = 1
@@ -442,13 +447,7 @@ class MNNEngine(Engine):
                 "pyproject.toml)"
             ) from err
         self._require_local(device)
-        was_training = model.training
-        try:
-            blob, used = _export_onnx(
-                model.eval(), example_input.detach(), exporter=self.exporter, opset=self.opset
-            )
-        finally:
-            model.train(was_training)
+        blob, used = _export_onnx_eval(model, example_input, self.exporter, self.opset)
         workdir = Path(tempfile.mkdtemp(prefix="npas-mnn-"))
         try:
             (workdir / "model.onnx").write_bytes(blob)

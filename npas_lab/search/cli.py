@@ -95,7 +95,7 @@ def _search(args: argparse.Namespace) -> int:
     from npas_lab.search.loop import search
     from npas_lab.search.reward import RewardConfig
     from npas_lab.search.space import SearchSpace, SpaceConfig
-    from npas_lab.training import TrainConfig, train
+    from npas_lab.training import train
 
     if args.budget < 1:
         raise ValueError(f"--budget {args.budget}: give at least 1 evaluation")
@@ -105,15 +105,9 @@ def _search(args: argparse.Namespace) -> int:
     executor = resolve_executor(args.scheduler)
     if args.target_ms is None and not args.target_fraction > 0:
         raise ValueError(f"--target-fraction {args.target_fraction}: give a fraction > 0")
-    config = TrainConfig(
-        model=args.model,
-        dataset=args.dataset,
-        image_size=args.image_size,
-        in_channels=args.in_channels,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
-    trained = train(config, progress=False)
+    from npas_lab.cli import train_config  # the same training options as `npas-lab train`
+
+    trained = train(train_config(args), progress=False)
     space = SearchSpace.from_model(
         trained.model, SpaceConfig(rates=tuple(args.rates), filter_types=not args.no_filter_types)
     )
