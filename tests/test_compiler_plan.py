@@ -67,6 +67,22 @@ def test_every_scheme_runs_its_kernel_and_matches_the_masked_model(
     assert not table.kernel.str.startswith("tvm conv").any()
     assert compiled.plan == plan
     assert "R.nn.conv2d" not in compiled.lowered["main"].script()
+    # filter/channel pruning reaches the next conv of every block (conv1 -> ReLU -> conv2)
+    assert (not compiled.propagation.empty) == (scheme in ("filter", "channel"))
+
+
+def test_propagated_filter_pruning_fuses_the_bias_map_into_the_reader_kernel(calibrated):
+    from npas_lab.compiler import fusion_report
+
+    model = calibrated("resnet18")
+    plan = uniform_plan(model, "filter", 2.0)
+    compiled = compile_model(model, torch.randn(SHAPE), plan=plan)
+    row = compiled.propagation.set_index("layer").loc["layer1.0.conv1"]
+    assert (row.computed, row.constant, row.absorbed) == (32, 32, "map")
+    report = fusion_report(compiled).set_index("kernel")
+    # the reader adds its bias map inside the template: no separate add kernel for it
+    assert report.loc["npas_layer1_0_conv2_filter", "ops"] == ("conv2d", "add")
+    assert report.loc["npas_layer1_0_conv2_filter", "scheduled"]
 
 
 @pytest.mark.parametrize(

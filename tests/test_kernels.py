@@ -31,13 +31,15 @@ def _reference(spec: ConvSpec, x: np.ndarray, weight: np.ndarray, bias: np.ndarr
     out = tnf.conv2d(
         torch.from_numpy(x),
         torch.from_numpy(weight),
-        None if bias is None else torch.from_numpy(bias),
         stride=spec.stride,
         padding=spec.padding,
         dilation=spec.dilation,
         groups=spec.groups,
     )
-    return (out.relu() if spec.epilogue == "bias_relu" else out).numpy()
+    if bias is not None:  # (F,) per filter, or a (F, OH, OW) map flattened
+        per_filter = bias.shape == (spec.out_channels,)
+        out = out + torch.from_numpy(bias).reshape((-1, 1, 1) if per_filter else out.shape[1:])
+    return (out.relu() if spec.epilogue.endswith("relu") else out).numpy()
 
 
 def _masked(spec: ConvSpec, scheme: str, rate: float | None, block=None, seed: int = 0):
@@ -51,8 +53,9 @@ def _masked(spec: ConvSpec, scheme: str, rate: float | None, block=None, seed: i
 def _check(spec, scheme, weight, *, block=None, config=None, seed=1):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(spec.in_shape).astype(np.float32)
-    bias = rng.standard_normal(spec.out_channels).astype(np.float32)
-    bias = bias if spec.epilogue != "none" else None
+    bias = None
+    if spec.bias_shape is not None:
+        bias = rng.standard_normal(spec.bias_shape).astype(np.float32)
     kernel = conv_kernel(spec, weight, scheme, block=block, config=config)
     out = run_kernel(kernel, x, bias=bias, target=TARGET)
     ref = _reference(spec, x, weight, bias)
@@ -182,6 +185,47 @@ CASES = [
         2.0,
         (4, 4),
         None,
+    ),
+    # Bias maps: what a reader of a filter-pruned layer adds (differs at the borders).
+    (
+        "map-dense-ragged",
+        ConvSpec(8, 12, 3, 1, 1, input_hw=9, epilogue="map_relu"),
+        "dense",
+        None,
+        None,
+        {"form": "rows", "tr": 2, "tc": 8},
+    ),
+    (
+        "map-dense-flat-s2",
+        ConvSpec(6, 10, 5, 2, 2, input_hw=11, epilogue="map"),
+        "dense",
+        None,
+        None,
+        {"form": "flat"},
+    ),
+    (
+        "map-bp-batch2",
+        ConvSpec(8, 12, 3, 1, 1, input_hw=(5, 18), batch=2, epilogue="map_relu"),
+        "block_punched",
+        3.0,
+        (4, 4),
+        None,
+    ),
+    (
+        "map-depthwise",
+        ConvSpec(8, 8, 3, 1, 1, groups=8, input_hw=9, epilogue="map"),
+        "depthwise",
+        None,
+        None,
+        None,
+    ),
+    (
+        "map-unstructured",
+        ConvSpec(8, 12, 3, 1, 1, input_hw=9, epilogue="map_relu"),
+        "unstructured",
+        4.0,
+        None,
+        {"rows": 2, "order": "spatial"},
     ),
 ]
 
@@ -384,6 +428,10 @@ def test_run_kernel_checks_data_and_bias():
         run_kernel(kernel, np.ones(spec.in_shape, np.float32))
     with pytest.raises(KernelError, match="data shape"):
         run_kernel(kernel, np.ones((1, 4, 5, 5), np.float32), bias=np.ones(4, np.float32))
+    mapped = conv_kernel(spec.with_(epilogue="map"), np.ones(spec.weight_shape, np.float32))
+    assert mapped.spec.bias_shape == (4 * 6 * 6,)
+    with pytest.raises(KernelError, match=r"bias shape \(4,\) != \(144,\)"):
+        run_kernel(mapped, np.ones(spec.in_shape, np.float32), bias=np.ones(4, np.float32))
 
 
 def test_kernel_cross_compiles_for_an_arm_phone():

@@ -117,6 +117,9 @@ class CompiledModel:
         One row per conv layer: ``layer, scheme, rate, block, kernel, ms`` -- which kernel runs
         it (a template with its configuration, or ``tvm`` with the reason no template was used)
         and its tuned time alone (NaN when not tuned). None for ``kernels="tvm"`` builds.
+    propagation : pandas.DataFrame or None
+        The convs whose outputs were narrowed because filter/channel pruning was propagated
+        into their readers (see :func:`~npas_lab.compiler.prepare.propagate_pruning`).
 
     Examples
     --------
@@ -141,6 +144,7 @@ class CompiledModel:
         tuning: TuneSummary | None = None,
         plan: PruningPlan | None = None,
         kernels: pd.DataFrame | None = None,
+        propagation: pd.DataFrame | None = None,
     ) -> None:
         self.name = name
         self.profile = profile
@@ -156,6 +160,7 @@ class CompiledModel:
         self.tuning = tuning
         self.plan = plan
         self.kernels = kernels
+        self.propagation = propagation
         self._vm: relax.VirtualMachine | None = None
 
     def __repr__(self) -> str:
@@ -334,6 +339,7 @@ def compile_model(
     fuse: bool | None = None,
     tune: TuneConfig | None = None,
     progress: bool | Callable[[str], None] = True,
+    propagate: bool = True,
 ) -> CompiledModel:
     """Export ``model`` with ``torch.export``, import it into Relax and build it with TVM.
 
@@ -371,11 +377,15 @@ def compile_model(
         target that runs on this machine. Template kernels are already scheduled: not tuned.
     progress : bool or callable
         Tuning progress: a tqdm bar (True), one line per batch to a callable, or logs only.
+    propagate : bool
+        Propagate filter/channel pruning into the neighbouring convs (the reader of a pruned
+        filter stops reading it; see :func:`~npas_lab.compiler.prepare.propagate_pruning`).
+        False keeps every layer's output channel count (to measure what propagation buys).
 
     Returns
     -------
     CompiledModel
-        With ``plan`` and the per-layer ``kernels`` table.
+        With ``plan``, the per-layer ``kernels`` table and the ``propagation`` table.
 
     Raises
     ------
@@ -421,9 +431,10 @@ def compile_model(
     if plan is not None or kernels == "templates":
         from npas_lab.compiler.prepare import prepare_model
 
-        # Masks baked in, BN folded into the convs, filter/channel-pruned convs shrunk: what
-        # remains is plain convs whose weights identify their layers in the Relax graph.
-        prepared = prepare_model(model, plan)
+        # Masks baked in, BN folded into the convs, filter/channel-pruned convs shrunk and
+        # their removed channels propagated into the neighbouring convs: what remains is plain
+        # convs whose weights identify their layers in the Relax graph.
+        prepared = prepare_model(model, plan, example_input=example_input if propagate else None)
         plan = prepared.plan
         export_model = prepared.model
     else:
@@ -487,4 +498,5 @@ def compile_model(
         tuning=summary,
         plan=plan,
         kernels=table,
+        propagation=prepared.propagation if prepared is not None else None,
     )

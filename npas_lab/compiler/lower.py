@@ -52,7 +52,7 @@ class ConvSite:
     padding: tuple[int, int, int, int]
     dilation: tuple[int, int]
     groups: int
-    epilogue: str  # "none" | "bias" | "bias_relu"
+    epilogue: str  # "none" | "bias" | "bias_relu" | "map" | "map_relu" (bias: the flat map)
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,13 @@ def lower_convs(
     (IRModule, DataFrame)
         The rewritten module and one row per lowered call (layer, scheme, epilogue, kernel).
     """
-    data, weight, bias = wildcard(), is_const(), is_const()
+    data, weight, bias, bias_map = wildcard(), is_const(), is_const(), is_const()
     conv = is_op("relax.nn.conv2d")(data, weight)
     add = is_op("relax.add")(conv, is_op("relax.reshape")(bias, wildcard()))
     relu = is_op("relax.nn.relu")(add)
+    # A consumer of a filter-pruned layer adds a bias *map* (prepare.py's propagation).
+    add_map = is_op("relax.add")(conv, bias_map)
+    relu_map = is_op("relax.nn.relu")(add_map)
     rows: list[dict[str, Any]] = []
     # The builder types each added PrimFunc's GlobalVar, which call_tir requires.
     builder = relax.BlockBuilder(mod)
@@ -124,7 +127,15 @@ def lower_convs(
             attrs = conv_call.attrs
             if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW":
                 return orig
-            b = found[bias].value.numpy().reshape(-1) if epilogue != "none" else None
+            b = None
+            if epilogue.startswith("map"):
+                b = found[bias_map].value.numpy()
+                out_shape = tuple(_ints(conv_call.ty.shape))
+                if b.shape != (1, *out_shape[1:]):
+                    return orig  # not a bias map (e.g. a broadcast constant): plain conv
+                b = b.reshape(-1)
+            elif epilogue != "none":
+                b = found[bias].value.numpy().reshape(-1)
             site = ConvSite(
                 layer=name,
                 scheme=choice.scheme,
@@ -149,6 +160,7 @@ def lower_convs(
             primfunc = primfunc.with_attr("tirx.is_scheduled", True)
             # The operators the kernel computes, for the fusion report (its name is the layer's).
             ops = {"none": "conv2d", "bias": "conv2d,add", "bias_relu": "conv2d,add,relu"}
+            ops |= {"map": ops["bias"], "map_relu": ops["bias_relu"]}
             primfunc = primfunc.with_attr("npas_lab.ops", ops[epilogue])
             gvar = builder.add_func(primfunc, symbol)
             args = [found[data], *(relax.const(c) for c in kernel.constants)]
@@ -168,7 +180,14 @@ def lower_convs(
 
     main = mod["main"]
     # Longest pattern first, so a conv is fused with its bias and ReLU whenever they follow it.
-    for pattern, epilogue in ((relu, "bias_relu"), (add, "bias"), (conv, "none")):
+    patterns = (
+        (relu, "bias_relu"),
+        (relu_map, "map_relu"),
+        (add, "bias"),
+        (add_map, "map"),
+        (conv, "none"),
+    )
+    for pattern, epilogue in patterns:
         main = rewrite_call(pattern, rewriter_for(epilogue), main)
     builder.update_func(builder.get().get_global_var("main"), main)
     columns = ["layer", "scheme", "epilogue", "kernel", "description", "ms"]

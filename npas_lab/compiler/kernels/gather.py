@@ -161,7 +161,7 @@ def build_gather(
         ``"group"``: tiles of one row group are consecutive (weights stay in cache);
         ``"spatial"``: tiles of one spatial region are consecutive (the input does).
     """
-    n_batch, f_out = spec.batch, spec.out_channels
+    n_batch = spec.batch
     rows, ng = layout.rows, layout.groups
     tr, tc = plan.tr, plan.tc
     vl = _lanes_for(tc, lanes)
@@ -182,7 +182,7 @@ def build_gather(
             chan_map = None
             if _maps_channels(plan):
                 chan_map = T.arg("channels", T.buffer((len(plan.channels),), "int32"))
-            bias = T.arg("bias", T.buffer((f_out,), F32)) if epi != "none" else None
+            bias = T.arg("bias", T.buffer(spec.bias_shape, F32)) if epi != "none" else None
             out = T.arg("out", T.buffer(spec.out_shape, F32))
             out_flat = T.decl_buffer((int(np.prod(spec.out_shape)),), F32, data=out.data)
             data_flat = T.decl_buffer((int(np.prod(spec.in_shape)),), F32, data=data.data)
@@ -234,11 +234,23 @@ def build_gather(
 
 
 def _epi(value, bias_value, epi: str, lanes: int):
-    if epi != "none":
+    """Apply the epilogue; ``bias_value`` is a scalar (``bias``) or ``lanes`` values (``map``)."""
+    if epi in ("bias", "bias_relu"):
         value = value + (bias_value if lanes == 1 else tirx.Broadcast(bias_value, lanes))
-    if epi == "bias_relu":
+    elif epi != "none":
+        value = value + bias_value
+    if epi.endswith("relu"):
         value = tirx.Max(value, _zero(lanes))
     return value
+
+
+def _bias_at(bias, epi: str, f, offset, lanes: int):
+    """The epilogue's bias for filter ``f`` at output offset ``offset`` (in the plane)."""
+    if bias is None:
+        return None
+    if epi.startswith("map"):
+        return bias[offset] if lanes == 1 else bias[_ramp(offset, lanes)]
+    return bias[f]
 
 
 @contextmanager
@@ -260,26 +272,29 @@ def _emit_epilogue(spec, plan, out_flat, bias, acc, n, g, r0, c0, rows, vl, nvec
     for r in range(rows):
         f = g * rows + r
         with _when(f < f_out, f_out % rows != 0):
-            b = bias[f] if bias is not None else None
             for rr in range(tr):
                 with _when(r0 + rr < plan.NR, plan.NR % tr != 0):
-                    dst = ((n * f_out + f) * oh * ow) + (r0 + rr) * plan.PO + c0
+                    # ``at``: the offset in filter f's output plane (and in its bias map row).
+                    at = f * oh * ow + (r0 + rr) * plan.PO + c0
+                    dst = n * f_out * oh * ow + at
                     src = (r * tr + rr) * tc
                     if plan.NC % tc == 0:
-                        _store_vectors(out_flat, acc, dst, src, b, epi, vl, nvec)
+                        _store_vectors(out_flat, acc, dst, src, bias, f, at, epi, vl, nvec)
                         continue
                     with T.If(c0 + tc <= plan.NC):
                         with T.Then():
-                            _store_vectors(out_flat, acc, dst, src, b, epi, vl, nvec)
+                            _store_vectors(out_flat, acc, dst, src, bias, f, at, epi, vl, nvec)
                         with T.Else():
                             with T.serial(0, tc) as v:
                                 with T.If(c0 + v < plan.NC):
                                     with T.Then():
+                                        b = _bias_at(bias, epi, f, at + v, 1)
                                         value = _epi(acc[src + v], b, epi, 1)
                                         T.buffer_store(out_flat, value, [dst + v])
 
 
-def _store_vectors(out_flat, acc, dst, src, b, epi: str, vl: int, nvec: int) -> None:
+def _store_vectors(out_flat, acc, dst, src, bias, f, at, epi: str, vl: int, nvec: int) -> None:
     for vo in range(nvec):
+        b = _bias_at(bias, epi, f, at + vo * vl, vl)
         value = _epi(acc[_ramp(src + vo * vl, vl)], b, epi, vl)
         T.buffer_store(out_flat, value, [_ramp(dst + vo * vl, vl)])

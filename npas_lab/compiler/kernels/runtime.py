@@ -19,7 +19,7 @@ import numpy as np
 import tvm
 
 from npas_lab.compiler.build import set_runtime_threads
-from npas_lab.compiler.kernels.spec import Kernel, KernelError
+from npas_lab.compiler.kernels.spec import ConvSpec, Kernel, KernelError
 
 __all__ = [
     "Timing",
@@ -30,6 +30,7 @@ __all__ = [
     "time_function",
     "time_interleaved",
     "time_kernel",
+    "timing_bias",
 ]
 
 
@@ -76,17 +77,19 @@ def kernel_args(
     data = np.asarray(data)
     if data.shape != spec.in_shape:
         raise KernelError(f"data shape {data.shape} does not match the spec's {spec.in_shape}")
-    wants_bias = spec.epilogue != "none"
+    wants_bias = spec.bias_shape is not None
     if wants_bias and bias is None:
-        raise KernelError(f"kernel epilogue {spec.epilogue!r} needs a bias of shape (F,)")
+        raise KernelError(
+            f"kernel epilogue {spec.epilogue!r} needs a bias of shape {spec.bias_shape}"
+        )
     if not wants_bias and bias is not None:
         raise KernelError("kernel has no bias epilogue (spec.epilogue='none') but got a bias")
     device = device or tvm.cpu()
     arrays = [np.ascontiguousarray(data, np.float32), *kernel.constants]
     if wants_bias:
         bias = np.ascontiguousarray(bias, np.float32).reshape(-1)
-        if bias.shape != (spec.out_channels,):
-            raise KernelError(f"bias shape {bias.shape} != ({spec.out_channels},)")
+        if bias.shape != spec.bias_shape:
+            raise KernelError(f"bias shape {bias.shape} != {spec.bias_shape} (flattened)")
         arrays.append(bias)
     arrays.append(np.zeros(kernel.out_shape, np.float32))
     return [tvm.runtime.tensor(a, device) for a in arrays]
@@ -222,10 +225,15 @@ def time_kernel(
     lib = build_kernel(kernel, target)
     rng = np.random.default_rng(seed)
     data = rng.standard_normal(kernel.spec.in_shape).astype(np.float32)
-    bias = np.ones(kernel.spec.out_channels, np.float32) if kernel.spec.epilogue != "none" else None
+    bias = timing_bias(kernel.spec)
     return time_function(
         lib, kernel_args(kernel, data, bias=bias), repeat=repeat, min_repeat_ms=min_repeat_ms
     )
+
+
+def timing_bias(spec: ConvSpec) -> np.ndarray | None:
+    """Return the bias of ones a kernel of ``spec`` is timed with (``None`` without epilogue)."""
+    return None if spec.bias_shape is None else np.ones(spec.bias_shape, np.float32)
 
 
 def target_json(target: Mapping[str, Any] | None) -> str:

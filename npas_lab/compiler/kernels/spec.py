@@ -32,8 +32,10 @@ SCHEMES = (
     "filter",
     "channel",
 )
-#: Fused epilogues: nothing, ``+ bias[f]``, ``max(. + bias[f], 0)``.
-EPILOGUES = ("none", "bias", "bias_relu")
+#: Fused epilogues: nothing, ``+ bias[f]``, ``max(. + bias[f], 0)``, and the same with a bias
+#: *map* ``bias[f, y, x]`` (what a filter-pruned producer leaves its consumer: the removed
+#: channels' constant, convolved with zero padding, differs at the borders).
+EPILOGUES = ("none", "bias", "bias_relu", "map", "map_relu")
 
 
 class KernelError(ValueError):
@@ -72,8 +74,9 @@ class ConvSpec:
         Batch size (the kernels loop over it).
     dtype : str
         Only ``"float32"``.
-    epilogue : {"none", "bias", "bias_relu"}
-        What is fused after the convolution; ``bias`` kernels take a ``(F,)`` bias argument.
+    epilogue : {"none", "bias", "bias_relu", "map", "map_relu"}
+        What is fused after the convolution; ``bias`` kernels take a ``(F,)`` bias argument,
+        ``map`` kernels an ``(F * OH * OW,)`` one (see :attr:`bias_shape`).
 
     Examples
     --------
@@ -145,6 +148,15 @@ class ConvSpec:
     def weight_shape(self) -> tuple[int, int, int, int]:
         """Shape of the weight: ``(F, C / groups, kh, kw)``."""
         return (self.out_channels, self.in_channels // self.groups, *self.kernel)
+
+    @property
+    def bias_shape(self) -> tuple[int, ...] | None:
+        """Shape of the epilogue's bias argument: ``(F,)``, ``(F * OH * OW,)`` or ``None``."""
+        if self.epilogue == "none":
+            return None
+        if self.epilogue.startswith("map"):
+            return (self.out_channels * self.out_hw[0] * self.out_hw[1],)
+        return (self.out_channels,)
 
     @property
     def is_depthwise(self) -> bool:

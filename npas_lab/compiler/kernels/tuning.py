@@ -40,6 +40,7 @@ from npas_lab.compiler.kernels.runtime import (
     target_json,
     time_function,
     time_interleaved,
+    timing_bias,
 )
 from npas_lab.compiler.kernels.spec import ConvSpec, Kernel, structure_hash
 
@@ -186,7 +187,7 @@ def tune_kernel(
     space = config_space(spec, scheme, block=block, lanes=target_lanes(target))[: max(1, budget)]
     rng = np.random.default_rng(0)
     data = rng.standard_normal(spec.in_shape).astype(np.float32)
-    bias = np.ones(spec.out_channels, np.float32) if spec.epilogue != "none" else None
+    bias = timing_bias(spec)
     built, candidates = {}, []
     for n, config in enumerate(space):
         kernel = conv_kernel(spec, weight, scheme, block=block, config=config)
