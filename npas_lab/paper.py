@@ -444,12 +444,13 @@ def dominance(
     Returns
     -------
     pandas.DataFrame
-        ``model, accuracy, latency_ms, dominated, by_step, by_accuracy, by_latency_ms``.
+        ``model, accuracy, latency_ms, dominated, by_run, by_step, by_accuracy,
+        by_latency_ms, by_model, by_input`` (the dominating search's base model and input).
     """
     npas = npas_points() if npas is None else npas
     zoo = load_zoo() if zoo is None else zoo
     columns = ["model", "accuracy", "latency_ms", "dominated", "by_run", "by_step"]
-    columns += ["by_accuracy", "by_latency_ms"]
+    columns += ["by_accuracy", "by_latency_ms", "by_model", "by_input"]
     if zoo.empty:
         return pd.DataFrame(columns=columns)
     dense = zoo[(zoo["engine"] == engine) & (zoo["status"] == "ok")]
@@ -474,6 +475,12 @@ def dominance(
                 "by_step": int(best["step"].iloc[0]) if len(best) else None,
                 "by_accuracy": best["accuracy"].iloc[0] if len(best) else None,
                 "by_latency_ms": best["latency_ms"].iloc[0] if len(best) else None,
+                # the searched base model and input: a comparison is like for like only when
+                # they are the dense model's own
+                "by_model": best["model"].iloc[0] if len(best) and "model" in best else None,
+                "by_input": (
+                    best["input_shape"].iloc[0] if len(best) and "input_shape" in best else None
+                ),
             }
         )
     return pd.DataFrame(rows, columns=columns)

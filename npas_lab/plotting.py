@@ -425,17 +425,19 @@ def block_size_figure(df: pd.DataFrame, *, title: str | None = None) -> go.Figur
     if missing:
         raise ValueError(f"block_size_figure needs columns {sorted(missing)} in df")
     fig = go.Figure()
-    pruned = df[df["block"] != "dense"]
+    # Block sizes are categories, not a sequence: points only (no connecting line), in latency
+    # order with labels alternating above and below so that neighbours' labels do not collide.
+    pruned = df[df["block"] != "dense"].sort_values("latency_ms")
+    spread = pruned["spread_ms"] / 2 if "spread_ms" in pruned else None  # IQR, half each side
     fig.add_scatter(
         x=pruned["latency_ms"],
         y=pruned["accuracy"],
-        mode="lines+markers+text",
+        mode="markers+text",
         text=pruned["block"],
-        textposition="top center",
+        textposition=(["top center", "bottom center"] * len(pruned))[: len(pruned)],
         name="block_punched",
         marker=dict(size=10, color=color("block_punched")),
-        line=dict(color=color("block_punched"), dash="dot"),
-        error_x=dict(type="data", array=pruned.get("spread_ms"), visible="spread_ms" in df),
+        error_x=dict(type="data", array=spread, visible=spread is not None),
         hovertemplate="block %{text}<br>%{x:.3f} ms<br>accuracy %{y:.4f}<extra></extra>",
     )
     dense = df[df["block"] == "dense"]

@@ -343,10 +343,16 @@ def _paper_section(tag: str) -> list[str]:
             lines += ["", "Pareto dominance (validation accuracy, TVM latency):", ""]
             for r in verdict.itertuples(index=False):
                 if r.dominated:
+                    caveat = ""
+                    if r.by_model is not None and r.by_model != r.model:
+                        caveat = (
+                            f" -- not like for like: that search pruned {r.by_model} "
+                            f"(input {r.by_input}), not {r.model}"
+                        )
                     lines.append(
                         f"- {r.model} ({r.accuracy:.3f}, {r.latency_ms:.3f} ms): dominated by "
                         f"NPAS {r.by_run} step {r.by_step} ({r.by_accuracy:.3f}, "
-                        f"{r.by_latency_ms:.3f} ms)"
+                        f"{r.by_latency_ms:.3f} ms){caveat}"
                     )
                 else:
                     lines.append(

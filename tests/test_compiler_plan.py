@@ -26,7 +26,7 @@ SLOW_MODELS = {
 SCHEMES = [
     ("unstructured", 4.0, None, "unstructured template"),
     ("filter", 2.0, None, "dense template"),
-    ("channel", 2.0, None, "dense template"),
+    ("channel", 2.0, None, ("dense template", "channel template")),  # channel: gather fused
     ("pattern", 3.0, None, "pattern template"),
     ("block_punched", 6.0, (8, 4), "block_punched template"),
     ("block", 4.0, (8, 4), "block template"),

@@ -179,3 +179,18 @@ def test_propagation_equals_the_masked_model_for_any_conv_chain(
         reader = prepared.model.get_submodule(names[1])
         assert reader.small.in_channels == prepared.model.get_submodule("0").small.out_channels
         assert reader.small.in_channels < f
+
+
+def test_gather_in_kernel_reads_the_full_input_through_zero_columns():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[:, [0, 3]] = 0
+    shrunk = ShrunkConv2d(conv, torch.tensor([1, 2, 4, 5]), torch.arange(4))
+    x = torch.randn(1, 6, 5, 5)
+    assert shrunk.read_in_kernel()
+    assert not shrunk.gather_in and shrunk.small.in_channels == 6
+    assert not shrunk.small.weight[:, [0, 3]].any()  # the unread channels: zero columns
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk(x), conv(x))
+    assert not shrunk.read_in_kernel()  # nothing left to do

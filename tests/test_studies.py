@@ -93,6 +93,25 @@ def test_block_size_figure_names_missing_columns():
         block_size_figure(__import__("pandas").DataFrame({"block": [], "accuracy": []}))
 
 
+def test_block_size_figure_draws_points_in_latency_order_with_half_iqr_bars():
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "block": ["8x4", "1x1", "dense"],
+            "accuracy": [0.97, 0.98, 0.99],
+            "latency_ms": [1.0, 2.0, 4.0],
+            "spread_ms": [0.2, 0.4, 0.0],
+        }
+    ).iloc[[1, 0, 2]]
+    points, dense = block_size_figure(df).data
+    assert points.mode == "markers+text"  # block sizes are categories: no connecting line
+    assert list(points.text) == ["8x4", "1x1"] and list(points.x) == [1.0, 2.0]
+    assert list(points.error_x.array) == [0.1, 0.2]
+    assert list(points.textposition) == ["top center", "bottom center"]
+    assert list(dense.x) == [4.0]
+
+
 def test_parse_blocks_reads_pairs_and_whole_and_names_bad_entries():
     assert parse_blocks("1x1, 8x4,whole") == [(1, 1), (8, 4), studies.WHOLE_LAYER]
     with pytest.raises(ValueError, match="block '8by4'"):

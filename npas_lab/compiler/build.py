@@ -434,7 +434,12 @@ def compile_model(
         # Masks baked in, BN folded into the convs, filter/channel-pruned convs shrunk and
         # their removed channels propagated into the neighbouring convs: what remains is plain
         # convs whose weights identify their layers in the Relax graph.
-        prepared = prepare_model(model, plan, example_input=example_input if propagate else None)
+        prepared = prepare_model(
+            model,
+            plan,
+            example_input=example_input if propagate else None,
+            gather_in_kernel=kernels == "templates",
+        )
         plan = prepared.plan
         export_model = prepared.model
     else:

@@ -251,8 +251,13 @@ def template_provider(
         if spec is None:
             return None
         scheme = site.scheme
-        if scheme in ("dense", "filter", "channel") or (spec.is_depthwise and scheme == "dense"):
-            scheme = "dense"  # filter/channel layers arrive already shrunk (prepare.py)
+        if scheme in ("filter", "channel") and not spec.is_depthwise:
+            # Shrunk in prepare.py; zero input columns left are channels it does not read,
+            # which the channel template skips (its input staging is the gather).
+            unread = ~site.weight.any(axis=(0, 2, 3))
+            scheme = "channel" if unread.any() else "dense"
+        elif scheme in ("dense", "filter", "channel"):
+            scheme = "dense"
         elif scheme == "unstructured" and tune_budget == 0 and site.rate < UNSTRUCTURED_MIN_RATE:
             scheme = "dense"
         kernel, ms = build(spec, site.weight, scheme, site.block)
