@@ -33,7 +33,7 @@ from npas_lab import results
 from npas_lab.compiler import compile_model
 from npas_lab.compiler.prepare import prepare_model
 from npas_lab.devices import MeasureConfig, get_device, get_engine, measure
-from npas_lab.models import create_model
+from npas_lab.models import create_model, layer_table
 from npas_lab.sparsity import uniform_plan
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -49,19 +49,8 @@ def _log(message: str) -> None:
 
 def conv_macs(model: nn.Module, x: torch.Tensor) -> int:
     """Multiply-accumulates of every conv of ``model`` on ``x`` (weights as stored)."""
-    total = 0
-
-    def count(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        f, cg, kh, kw = module.weight.shape
-        total += output.shape[0] * f * cg * kh * kw * output.shape[2] * output.shape[3]
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model(x)
-    for hook in hooks:
-        hook.remove()
-    return total
+    table = layer_table(model, tuple(x.shape))
+    return int(table.loc[table["kind"] != "linear", "macs"].sum()) * x.shape[0]
 
 
 def run_case(

@@ -42,6 +42,29 @@ __all__ = [
 STRUCTURED = frozenset({"filter", "channel"})
 
 
+def _conv_like(
+    conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, *, depthwise: bool
+) -> nn.Conv2d:
+    """Return a conv with ``conv``'s geometry holding ``weight`` (and ``bias``)."""
+    groups = weight.shape[0] if depthwise else 1
+    small = nn.Conv2d(
+        weight.shape[1] * groups,
+        weight.shape[0],
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=groups,
+        bias=bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    with torch.no_grad():
+        small.weight.copy_(weight)
+        if bias is not None:
+            small.bias.copy_(bias)
+    return small
+
+
 class ShrunkConv2d(nn.Module):
     """A conv that computes only its kept filters from its kept input channels.
 
@@ -74,21 +97,8 @@ class ShrunkConv2d(nn.Module):
             small_weight = weight[kept_out]
         else:
             small_weight = weight[kept_out][:, kept_in]
-        self.small = nn.Conv2d(
-            len(kept_in),
-            len(kept_out),
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=len(kept_out) if depthwise else 1,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        )
-        with torch.no_grad():
-            self.small.weight.copy_(small_weight)
-            if conv.bias is not None:
-                self.small.bias.copy_(conv.bias.detach()[kept_out])
+        bias = conv.bias.detach()[kept_out] if conv.bias is not None else None
+        self.small = _conv_like(conv, small_weight, bias, depthwise=depthwise)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.input_channels = conv.in_channels  # of the tensor it reads (propagation changes it)
         self.gather_in = len(kept_in) < conv.in_channels
@@ -113,22 +123,7 @@ class ShrunkConv2d(nn.Module):
         return self.small.groups > 1
 
     def _resize(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        old = self.small
-        groups = weight.shape[0] if self.depthwise else 1
-        self.small = nn.Conv2d(
-            weight.shape[1] * groups,
-            weight.shape[0],
-            old.kernel_size,
-            stride=old.stride,
-            padding=old.padding,
-            dilation=old.dilation,
-            groups=groups,
-            bias=bias is not None,
-        )
-        with torch.no_grad():
-            self.small.weight.copy_(weight)
-            if bias is not None:
-                self.small.bias.copy_(bias)
+        self.small = _conv_like(self.small, weight, bias, depthwise=self.depthwise)
 
     def compute_only(self, rows: torch.Tensor) -> None:
         """Compute and output only the computed filters at positions ``rows`` (sorted).
@@ -332,22 +327,26 @@ def _conv_role(gm: fx.GraphModule, node: fx.Node, plan: PruningPlan, consumer: b
     """Return the conv module at ``node`` if propagation may reshape it, else ``None``.
 
     Shrunk convs and dense convs qualify; a conv lowered to a scheme's kernel keeps its shape
-    (its blocks and patterns are laid out over the full channel count).
+    (its blocks and patterns are laid out over the full channel count). Readers must be
+    ``groups == 1``; a depthwise producer only when it already gathers its input: narrowing one
+    that reads its whole input would add a gather (a separate pass over an early, large map).
     """
     if node.op != "call_module":
         return None
     module = gm.get_submodule(node.target)
     if isinstance(module, ShrunkConv2d):
-        return None if consumer and module.depthwise else module
+        # (a reader's absorbed constants are computed with zero padding)
+        if module.small.padding_mode != "zeros":
+            return None
+        if module.depthwise and (consumer or not module.gather_in):
+            return None
+        return module
     if not isinstance(module, nn.Conv2d) or module.padding_mode != "zeros":
         return None
     choice = plan.get(node.target)
     if choice is not None and choice.scheme != "dense":
         return None
-    depthwise = module.groups == module.in_channels and module.groups > 1
-    if module.groups != 1 and (consumer or not depthwise):
-        return None
-    return module
+    return module if module.groups == 1 else None
 
 
 def _shrunk(gm: fx.GraphModule, name: str, module: nn.Module) -> ShrunkConv2d:
@@ -394,11 +393,6 @@ def propagate_pruning(
     for node in list(gm.graph.nodes):
         producer = _conv_role(gm, node, plan, consumer=False)
         if producer is None:
-            continue
-        depthwise = producer.groups > 1 if isinstance(producer, nn.Conv2d) else producer.depthwise
-        if depthwise and not getattr(producer, "gather_in", False):
-            # A narrower depthwise conv reads fewer channels: a new gather over its (large,
-            # early) input map costs more than the channels saved (measured on MobileNet-V3).
             continue
         chain, end = [], node
         while len(end.users) == 1:
